@@ -11,6 +11,7 @@
 //! binary; CI regenerates it and fails on any difference.
 
 pub mod addresses;
+pub mod schema;
 pub mod selector;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
@@ -107,10 +108,7 @@ fn default_true() -> bool {
 pub struct IPAddressPoolSpec {
     /// CIDRs (`203.0.113.0/28`), ranges (`203.0.113.10-203.0.113.20`) or single IPs; IPv4
     /// and IPv6 may mix.
-    #[schemars(length(min = 1, max = 1024), inner(length(min = 1, max = 100)))]
-    #[x_kube(validation = kube::core::Rule::new(
-        "self.all(a, isCIDR(a) || isIP(a) || (a.contains('-') && a.split('-').size() == 2 && a.split('-').all(p, isIP(p.trim()))))"
-    ).message("each address must be a CIDR, a single IP, or a range FIRST-LAST of two IPs"))]
+    #[schemars(schema_with = "schema::pool_addresses")]
     pub addresses: Vec<String>,
     /// When false, only Services that name this pool or request one of its IPs get addresses.
     #[serde(default = "default_true")]
@@ -133,12 +131,15 @@ pub struct ServiceAllocation {
     pub priority: Option<i32>,
     /// Only Services in these namespaces (empty: any namespace).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 63)))]
     pub namespaces: Vec<String>,
     /// Only Services in namespaces matching one of these selectors (empty: any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::label_selectors")]
     pub namespace_selectors: Vec<LabelSelector>,
     /// Only Services whose labels match one of these selectors (empty: any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::label_selectors")]
     pub service_selectors: Vec<LabelSelector>,
 }
 
@@ -194,19 +195,23 @@ pub struct IPAddressPoolStatus {
 pub struct L2AdvertisementSpec {
     /// Pools by name. With no names and no selectors, every pool is announced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 253)))]
     pub ip_address_pools: Vec<String>,
     /// Pools by label.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::label_selectors")]
     pub ip_address_pool_selectors: Vec<LabelSelector>,
     /// Nodes that may announce (empty: all nodes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::label_selectors")]
     pub node_selectors: Vec<LabelSelector>,
     /// Interfaces to announce on (empty: every eligible interface).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(length(min = 1, max = 15)))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 15)))]
     pub interfaces: Vec<String>,
     /// Services announced through this advertisement (empty: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::label_selectors")]
     pub service_selectors: Vec<LabelSelector>,
 }
 
@@ -315,8 +320,13 @@ mod tests {
             addresses["items"]["maxLength"], 100,
             "CEL cost needs bounded strings"
         );
-        let rule = &addresses["x-kubernetes-validations"][0]["rule"];
-        assert!(rule.as_str().unwrap().contains("isCIDR(a)"), "{addresses}");
+        assert_eq!(addresses["maxItems"], 1024, "CEL cost needs bounded lists");
+        let rules = &addresses["items"]["x-kubernetes-validations"];
+        assert!(
+            rules[0]["rule"].as_str().unwrap().starts_with("isCIDR(self)"),
+            "rules run per item, not on the whole list: {addresses}"
+        );
+        assert!(rules[1]["rule"].as_str().unwrap().contains("masked()"));
         assert_eq!(pool.spec.names.plural, "ipaddresspools");
     }
 }
