@@ -5,7 +5,10 @@
 //! installed (`kubectl apply -f deploy/crds/`), no other FerroLB controller serving the
 //! test class, and `--test-threads 1` (pools are cluster-scoped). Every object a test
 //! creates carries the run's unique prefix, and Services use a run-specific
-//! `loadBalancerClass` there, so an installed FerroLB never interferes.
+//! `loadBalancerClass` there, so an installed FerroLB never interferes. Pools and
+//! namespaces a test creates carry the label [`TEST_LABEL`]; a test that fails removes
+//! them when its `Env` drops, and the next `Env` removes any a crashed run left behind
+//! (a stray pool would otherwise conflict with, or out-rank, the next test's pools).
 
 #![allow(dead_code)]
 
@@ -76,6 +79,9 @@ mod tempdir {
     }
 }
 
+/// Label on every cluster-scoped object (pools) and namespace the tests create.
+pub const TEST_LABEL: (&str, &str) = ("ferrolb.io/integration-test", "true");
+
 static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Env {
@@ -87,6 +93,7 @@ impl Env {
             let client = Client::try_default()
                 .await
                 .expect("KUBECONFIG cluster reachable");
+            remove_labelled(&client, None).await;
             return Env {
                 client,
                 lb_class: format!("ferrolb.io/{prefix}"),
@@ -180,10 +187,12 @@ impl Env {
     /// Creates a namespace with labels (run-unique name returned).
     pub async fn namespace(&self, base: &str, labels: &[(&str, &str)]) -> String {
         let name = self.name(base);
+        let mut labels = to_map(labels);
+        labels.insert(TEST_LABEL.0.into(), TEST_LABEL.1.into());
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                labels: Some(to_map(labels)),
+                labels: Some(labels),
                 ..Default::default()
             },
             ..Default::default()
@@ -210,7 +219,8 @@ impl Env {
             service_allocation: None,
         };
         tweak(&mut spec);
-        let pool = IPAddressPool::new(&name, spec);
+        let mut pool = IPAddressPool::new(&name, spec);
+        pool.metadata.labels = Some(to_map(&[TEST_LABEL]));
         self.pools()
             .create(&PostParams::default(), &pool)
             .await
@@ -369,31 +379,64 @@ impl Env {
             .collect()
     }
 
-    /// Removes cluster-scoped objects this run created (pools), for real clusters.
+    /// Removes the pools and namespaces this `Env` created, on real clusters (the test
+    /// API server vanishes with the test).
     pub async fn cleanup(&self) {
-        if !self.real {
+        if self.real {
+            remove_labelled(&self.client, Some(&self.prefix)).await;
+        }
+    }
+}
+
+impl Drop for Env {
+    /// A failed test never reaches `cleanup()`: remove its objects here, so they cannot
+    /// disturb the next test on the same cluster.
+    fn drop(&mut self) {
+        if !self.real || !std::thread::panicking() {
             return;
         }
-        if let Ok(list) = self.pools().list(&Default::default()).await {
-            for p in list.items {
-                let n = p.metadata.name.unwrap_or_default();
-                if n.starts_with(&self.prefix) {
-                    let _ = self.pools().delete(&n, &DeleteParams::default()).await;
+        // The test's runtime is blocked in this drop, and `self.client` is bound to it:
+        // clean up from a fresh runtime with a fresh client.
+        let prefix = self.prefix.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime for cleanup");
+            rt.block_on(async {
+                if let Ok(client) = Client::try_default().await {
+                    let cleanup = remove_labelled(&client, Some(&prefix));
+                    let _ = tokio::time::timeout(Duration::from_secs(20), cleanup).await;
                 }
-            }
+            });
+        })
+        .join();
+    }
+}
+
+/// Deletes the test-labelled pools and namespaces, all of them or those named `prefix-*`.
+async fn remove_labelled(client: &Client, prefix: Option<&str>) {
+    let lp = kube::api::ListParams::default().labels(&format!("{}={}", TEST_LABEL.0, TEST_LABEL.1));
+    let ours = |name: &Option<String>| {
+        prefix.is_none_or(|p| {
+            name.as_deref()
+                .is_some_and(|n| n.starts_with(&format!("{p}-")))
+        })
+    };
+    let pools: Api<IPAddressPool> = Api::all(client.clone());
+    if let Ok(list) = pools.list(&lp).await {
+        for p in list.items.into_iter().filter(|p| ours(&p.metadata.name)) {
+            let _ = pools
+                .delete(&p.metadata.name.unwrap(), &DeleteParams::default())
+                .await;
         }
-        if let Ok(list) = Api::<Namespace>::all(self.client.clone())
-            .list(&Default::default())
-            .await
-        {
-            for ns in list.items {
-                let n = ns.metadata.name.unwrap_or_default();
-                if n.starts_with(&self.prefix) {
-                    let _ = Api::<Namespace>::all(self.client.clone())
-                        .delete(&n, &DeleteParams::default())
-                        .await;
-                }
-            }
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if let Ok(list) = namespaces.list(&lp).await {
+        for ns in list.items.into_iter().filter(|n| ours(&n.metadata.name)) {
+            let _ = namespaces
+                .delete(&ns.metadata.name.unwrap(), &DeleteParams::default())
+                .await;
         }
     }
 }
