@@ -3,13 +3,20 @@
 CARGO ?= cargo
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 build: ## Build every binary (controller, speaker, test API server, lab)
 	$(CARGO) build --workspace --bins
 
+# `make test` is self-contained: every API server it talks to is the embedded test API
+# server (KUBECONFIG is ignored), and the one test that needs a real server is left to
+# `make test-k8s`.
 test: build ## The full suite: unit, integration and the netns lab (lab needs root)
-	$(CARGO) nextest run --workspace --no-fail-fast
+	env -u KUBECONFIG $(CARGO) nextest run --workspace --no-fail-fast \
+		-E 'not test(differential_against_real_server)'
+
+test-k8s: build ## The suite against a real kube-apiserver: install, controller, differential, lab (root)
+	tests/k8s/suite
 
 unit: ## Unit and property tests only (no API server, no root)
 	$(CARGO) nextest run --workspace --lib
@@ -38,4 +45,4 @@ demo: build ## Live demo in network namespaces: a pool, a Service, a client, a f
 figures: build ## Lab figures: failover p50/p99, ARP/NDP latency, speaker RSS, API writes (root)
 	$(CARGO) run -q --release -p ferrolb-lab --bin figures
 
-.PHONY: help build test unit lint fmt-check clippy crds crds-check bench demo figures
+.PHONY: help build test test-k8s unit lint fmt-check clippy crds crds-check bench demo figures

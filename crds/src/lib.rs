@@ -323,7 +323,10 @@ mod tests {
         assert_eq!(addresses["maxItems"], 1024, "CEL cost needs bounded lists");
         let rules = &addresses["items"]["x-kubernetes-validations"];
         assert!(
-            rules[0]["rule"].as_str().unwrap().starts_with("isCIDR(self)"),
+            rules[0]["rule"]
+                .as_str()
+                .unwrap()
+                .starts_with("isCIDR(self)"),
             "rules run per item, not on the whole list: {addresses}"
         );
         assert!(rules[1]["rule"].as_str().unwrap().contains("masked()"));

@@ -58,6 +58,68 @@ pub enum SelectorError {
     /// A key must be non-empty.
     #[error("empty label key")]
     EmptyKey,
+    /// A key no label can have: `[prefix/]name`, name ≤ 63 alphanumerics with `-_.` inside,
+    /// prefix a DNS subdomain ≤ 253. Such a selector could never match anything.
+    #[error(
+        "label key {key:?} is not a valid label name ([prefix/]name, name at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends)"
+    )]
+    InvalidKey { key: String },
+    /// A value no label can have: at most 63 of `[A-Za-z0-9-_.]`, alphanumeric at both ends.
+    #[error(
+        "label value {value:?} for key {key:?} is not a valid label value (at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends)"
+    )]
+    InvalidValue { key: String, value: String },
+}
+
+/// The label name rule of Kubernetes: at most 63 characters of `[A-Za-z0-9-_.]`,
+/// beginning and ending with an alphanumeric; empty only where `allow_empty`.
+fn is_label_name(s: &str, allow_empty: bool) -> bool {
+    if s.is_empty() {
+        return allow_empty;
+    }
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    s.len() <= 63
+        && alnum(s.chars().next())
+        && alnum(s.chars().last())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// A qualified label key: `name` or `prefix/name`, the prefix a lowercase DNS subdomain.
+fn is_label_key(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let dns_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && p.split('.').all(dns_label));
+    prefix_ok && is_label_name(name, false)
+}
+
+fn check_key(key: &str) -> Result<(), SelectorError> {
+    match key {
+        "" => Err(SelectorError::EmptyKey),
+        k if !is_label_key(k) => Err(SelectorError::InvalidKey { key: k.to_owned() }),
+        _ => Ok(()),
+    }
+}
+
+fn check_value(key: &str, value: &str) -> Result<(), SelectorError> {
+    if is_label_name(value, true) {
+        Ok(())
+    } else {
+        Err(SelectorError::InvalidValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        })
+    }
 }
 
 impl Selector {
@@ -110,14 +172,14 @@ impl TryFrom<&LabelSelector> for Selector {
     fn try_from(sel: &LabelSelector) -> Result<Self, Self::Error> {
         let mut reqs = Vec::new();
         for (k, v) in sel.match_labels.iter().flatten() {
-            if k.is_empty() {
-                return Err(SelectorError::EmptyKey);
-            }
+            check_key(k)?;
+            check_value(k, v)?;
             reqs.push(Requirement::In(k.clone(), BTreeSet::from([v.clone()])));
         }
         for (index, e) in sel.match_expressions.iter().flatten().enumerate() {
-            if e.key.is_empty() {
-                return Err(SelectorError::EmptyKey);
+            check_key(&e.key)?;
+            for v in e.values.iter().flatten() {
+                check_value(&e.key, v)?;
             }
             let values: BTreeSet<String> = e.values.iter().flatten().cloned().collect();
             let missing = || SelectorError::MissingValues {
@@ -285,5 +347,49 @@ mod tests {
         let b = Selector::from_labels([("b", "2"), ("a", "1")]);
         assert_eq!(a, b);
         assert_eq!(a.to_string(), "a=1,b=2");
+    }
+
+    #[test]
+    fn keys_and_values_follow_the_label_rules() {
+        let ok = |k: &str, v: &str| {
+            Selector::try_from(&LabelSelector {
+                match_labels: Some(labels(&[(k, v)])),
+                match_expressions: None,
+            })
+        };
+        for (k, v) in [
+            ("app", "web"),
+            ("app.kubernetes.io/name", "web-1"),
+            ("node-role.kubernetes.io/control-plane", ""),
+            ("a", "A_b.c-9"),
+        ] {
+            assert!(ok(k, v).is_ok(), "{k}={v}");
+        }
+        for k in [
+            "bad key!",
+            "-a",
+            "a-",
+            "Example.com/x",
+            "a/b/c",
+            "/x",
+            &"k".repeat(64),
+        ] {
+            assert!(
+                matches!(ok(k, "v"), Err(SelectorError::InvalidKey { .. })),
+                "{k:?} must be refused"
+            );
+        }
+        for v in ["a b", "-v", "v-", &"v".repeat(64)] {
+            assert!(
+                matches!(ok("k", v), Err(SelectorError::InvalidValue { .. })),
+                "{v:?} must be refused"
+            );
+        }
+        let sel = LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![expr("tier", "In", &["gold", "no way"])]),
+        };
+        let e = Selector::try_from(&sel).unwrap_err().to_string();
+        assert!(e.contains("\"no way\""), "{e}");
     }
 }

@@ -130,6 +130,11 @@ impl Env {
         self._api.as_ref()
     }
 
+    /// True against `KUBECONFIG`'s cluster, false on the in-memory test API server.
+    pub fn is_real(&self) -> bool {
+        self.real
+    }
+
     /// A run-unique name.
     pub fn name(&self, base: &str) -> String {
         format!("{}-{base}", self.prefix)
