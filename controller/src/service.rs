@@ -64,12 +64,16 @@ pub struct Parsed {
 }
 
 /// Looks up a FerroLB annotation, falling back to its MetalLB spellings.
+///
+/// A blank value is absent, as in MetalLB: Helm charts render `key: ""` for unset values,
+/// and a Service migrating with one must keep its IP, not turn into an invalid request.
 fn annotation<'a>(
     annos: &'a BTreeMap<String, String>,
     canonical: &'static str,
     aliases: &mut Vec<AliasUsed>,
 ) -> Option<&'a str> {
-    if let Some(v) = annos.get(canonical) {
+    let set = |v: &'a String| Some(v.trim()).filter(|v| !v.is_empty());
+    if let Some(v) = annos.get(canonical).and_then(set) {
         return Some(v);
     }
     let suffix = canonical
@@ -77,9 +81,9 @@ fn annotation<'a>(
         .expect("ferrolb.io annotation");
     annotations::ALIAS_PREFIXES.iter().find_map(|prefix| {
         let found = format!("{prefix}{suffix}");
-        let v = annos.get(&found)?;
+        let v = annos.get(&found).and_then(set)?;
         aliases.push(AliasUsed { found, canonical });
-        Some(v.as_str())
+        Some(v)
     })
 }
 
@@ -143,7 +147,7 @@ pub fn parse(svc: &Service, namespace_labels: &BTreeMap<String, String>) -> Resu
             }
             requested_ips.push(ip);
         }
-    } else if let Some(raw) = spec.load_balancer_ip.as_deref().filter(|s| !s.is_empty()) {
+    } else if let Some(raw) = spec.load_balancer_ip.as_deref().filter(|s| !s.trim().is_empty()) {
         let ip: IpAddr = raw
             .trim()
             .parse()
@@ -151,20 +155,12 @@ pub fn parse(svc: &Service, namespace_labels: &BTreeMap<String, String>) -> Resu
         requested_ips.push(ip);
     }
     let requested_pool = match annotation(annos, annotations::ADDRESS_POOL, &mut aliases) {
-        Some(p) if p.trim().is_empty() => {
-            return Err(format!(
-                "annotation {}: empty pool name",
-                annotations::ADDRESS_POOL
-            ));
-        }
-        Some(p) if requested_ips.is_empty() => Some(p.trim().to_owned()),
+        Some(p) if requested_ips.is_empty() => Some(p.to_owned()),
         // Requested IPs win (SPEC §3: first match wins); the pool name is then unused.
         _ => None,
     };
-    let sharing_key = annotation(annos, annotations::ALLOW_SHARED_IP, &mut aliases)
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .map(str::to_owned);
+    let sharing_key =
+        annotation(annos, annotations::ALLOW_SHARED_IP, &mut aliases).map(str::to_owned);
 
     let mut ports = Vec::new();
     for p in spec.ports.iter().flatten() {
@@ -321,6 +317,32 @@ mod tests {
         assert!(p.aliases.is_empty());
     }
 
+    /// MetalLB treats an empty annotation as absent, and Helm renders them all the time: a
+    /// Service carrying one is an ordinary request (SPEC §6), and a blank FerroLB key does
+    /// not hide a MetalLB alias that is set.
+    #[test]
+    fn empty_annotations_are_absent() {
+        let blank = [
+            ("ferrolb.io/loadBalancerIPs", ""),
+            ("metallb.universe.tf/address-pool", ""),
+            ("metallb.io/allow-shared-ip", " "),
+        ];
+        let mut spec = lb();
+        spec.load_balancer_ip = Some(" ".into());
+        let p = parse(&svc(&blank, spec), &BTreeMap::new()).expect("blank means absent");
+        assert!(p.request.requested_ips.is_empty());
+        assert_eq!(p.request.requested_pool, None);
+        assert_eq!(p.request.sharing_key, None);
+        assert!(p.aliases.is_empty(), "no alias was used: {:?}", p.aliases);
+
+        let fallback = [
+            ("ferrolb.io/address-pool", ""),
+            ("metallb.universe.tf/address-pool", "legacy"),
+        ];
+        let p = parse(&svc(&fallback, lb()), &BTreeMap::new()).unwrap();
+        assert_eq!(p.request.requested_pool.as_deref(), Some("legacy"));
+    }
+
     #[test]
     fn bad_requests_say_what_is_wrong() {
         let table = [
@@ -333,10 +355,9 @@ mod tests {
                 "at most one IP per family",
             ),
             (
-                vec![("ferrolb.io/loadBalancerIPs", "")],
+                vec![("ferrolb.io/loadBalancerIPs", "203.0.113.1,")],
                 "\"\" is not an IP address",
             ),
-            (vec![("ferrolb.io/address-pool", " ")], "empty pool name"),
         ];
         for (annos, want) in table {
             let err = parse(&svc(&annos, lb()), &BTreeMap::new()).unwrap_err();
