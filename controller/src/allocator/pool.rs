@@ -196,10 +196,24 @@ impl Pool {
         (self.config.created, &self.config.name)
     }
 
-    /// Candidate order: priority (unset last), then name.
-    pub fn order(&self) -> (bool, i32, &str) {
-        let p = self.config.priority;
-        (p.is_none(), p.unwrap_or(0), &self.config.name)
+    /// Candidate order (SPEC §3, docs/configuration.md "Which pool a Service gets"):
+    /// pools with a `serviceAllocation.priority`, lowest first; then the other pools that
+    /// restrict themselves with `serviceAllocation`; then general pools; ties by name. A
+    /// pool made for some Services thus wins over a general one whatever their names.
+    pub fn order(&self) -> (u8, i32, &str) {
+        let c = &self.config;
+        let tier = match c.priority {
+            Some(_) => 0,
+            None if self.is_restricted() => 1,
+            None => 2,
+        };
+        (tier, c.priority.unwrap_or(0), &c.name)
+    }
+
+    /// Whether `serviceAllocation` limits which Services the pool serves.
+    fn is_restricted(&self) -> bool {
+        let c = &self.config;
+        !c.namespaces.is_empty() || !c.namespace_selectors.is_empty() || !c.service_selectors.is_empty()
     }
 
     /// Whether `serviceAllocation` admits the Service; `Err` says which rule excluded it.

@@ -433,6 +433,26 @@ fn every_error_reason_has_its_trigger() {
     }
 }
 
+/// SPEC §3: pools whose `serviceAllocation` admits the Service come before general
+/// autoAssign pools, even without a priority and whatever the names.
+#[test]
+fn restricted_pools_come_before_general_ones() {
+    let mut general = mk_pool("aaa-general", 0, &["203.0.113.1"]);
+    general.priority = None;
+    let mut team = mk_pool("zzz-team", 0, &["203.0.113.2"]);
+    team.namespaces = vec!["ns".into()];
+    let mut ranked = mk_pool("zzz-ranked", 0, &["203.0.113.3"]);
+    ranked.priority = Some(5);
+    ranked.namespaces = vec!["other".into()];
+    let mut a = with_pools(vec![general, team, ranked]);
+    let ips = assign(&mut a, &mk_service("ns/s1")).unwrap();
+    assert_eq!(a.pool_of(ips[0]), Some("zzz-team"), "restricted before general");
+    let ips = assign(&mut a, &mk_service("ns/s2")).unwrap();
+    assert_eq!(a.pool_of(ips[0]), Some("aaa-general"), "then the general pool");
+    let ips = assign(&mut a, &mk_service("other/s3")).unwrap();
+    assert_eq!(a.pool_of(ips[0]), Some("zzz-ranked"), "a priority comes first");
+}
+
 #[test]
 fn pools_are_tried_by_priority_then_name() {
     let prio = |name: &str, p: Option<i32>| PoolConfig {
