@@ -180,7 +180,7 @@ impl Writer {
                     EventType::Normal
                 },
                 reason: ev.reason.clone(),
-                note: Some(ev.note.clone()),
+                note: Some(ferrolb_ops::conditions::event_note(&ev.note)),
                 action: "Allocate".into(),
                 secondary: None,
             };

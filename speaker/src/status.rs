@@ -189,7 +189,7 @@ pub async fn apply(api: &Api<Service>, recorder: &Recorder, w: &Write) -> Result
                     let ev = Event {
                         type_: EventType::Normal,
                         reason: "Announcing".into(),
-                        note: Some(note.clone()),
+                        note: Some(ferrolb_ops::conditions::event_note(note)),
                         action: "Announce".into(),
                         secondary: None,
                     };
