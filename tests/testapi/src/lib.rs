@@ -20,22 +20,38 @@
 //! GET    /_testapi/counts                      test controls for out-of-process use (lab)
 //! ```
 //!
+//! Faithful where FerroLB depends on it, and checked against a real kube-apiserver by
+//! `tests/differential.rs`: Service status validation and defaulting (`service`), CRD
+//! schemas once the CRD is registered (`schema`), `metadata.generation` only on kinds that
+//! have one, 422 for server-side apply without `fieldManager`, 504 for reads at a future
+//! resourceVersion.
+//!
 //! Simplifications versus the real server (each is also noted where it is implemented):
 //! - scope is inferred from the path (`namespaces/{ns}/` = namespaced); objects are keyed by
 //!   (group, version, plural, namespace, name), so versions of one group do not share storage;
-//!   a cluster-wide path clears `metadata.namespace`; Namespaces need not exist beforehand;
-//! - no schemas, defaulting or validation beyond metadata (names must be RFC 1123
-//!   subdomains); on create, `.status` is dropped for resources with a status subresource
-//!   (except Nodes) and Namespaces start `Active`;
+//!   a cluster-wide path clears `metadata.namespace`; Namespaces need not exist beforehand
+//!   (the real server answers 404);
+//! - no per-kind defaulting or validation beyond metadata (names must be RFC 1123
+//!   subdomains), except: a Service's status (ingress IPs, `ipMode` defaulted to VIP and
+//!   checked, conditions stored with every field but not validated, as the real server,
+//!   though `lastTransitionTime` is kept as written where the real one rewrites it in UTC
+//!   seconds; leaving type LoadBalancer clears `status.loadBalancer`), and custom resources whose
+//!   CRD was created here (pruning, schema defaults, OpenAPI validation — but no CEL rules,
+//!   no ratcheting). Services get no clusterIP, ipFamilies, port protocols or nodePorts;
+//!   on create, `.status` is dropped for resources with a status subresource (except
+//!   Nodes) and Namespaces start `Active`;
 //! - every resource has a `/status` subresource except events, leases, endpointslices,
 //!   endpoints, secrets, configmaps, serviceaccounts and RBAC kinds;
-//! - list `resourceVersion`/`resourceVersionMatch` are accepted and ignored (current state is
-//!   served); continued pages read current state but report the first page's RV;
+//! - list/get `resourceVersion` newer than the store's answers 504 at once (the real
+//!   server waits 3 s first); any other `resourceVersion`/`resourceVersionMatch` is
+//!   ignored (current state is served); continued pages read current state but report
+//!   the first page's RV;
 //! - field selectors support `metadata.name`, `metadata.namespace` and a few per-kind fields;
 //! - strategic merge patch is a plain merge patch (lists replaced, no `$patch` directives);
 //! - server-side apply infers list semantics from field names (see `ssa`), keeps ownership
 //!   in a side table and does not emit `metadata.managedFields`; conflict messages omit the
-//!   "using {apiVersion}" part;
+//!   "using {apiVersion}" part; an apply to a custom resource with fields its schema lacks
+//!   is pruned (the real server answers 500);
 //! - no create-on-update, unconditional updates are always allowed, no admission, no RBAC,
 //!   no ownerReferences garbage collection; deleting a Namespace deletes its contents at once;
 //! - writes that change nothing (no-ops) neither bump the RV nor emit an event, even when
@@ -44,8 +60,10 @@
 
 mod patch;
 mod path;
+mod schema;
 mod selector;
 mod server;
+mod service;
 mod ssa;
 mod status;
 mod store;

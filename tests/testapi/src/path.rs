@@ -48,6 +48,19 @@ impl Gvr {
         )
     }
 
+    /// Whether objects carry `metadata.generation` (set to 1 on create, bumped on spec
+    /// changes). kube-apiserver sets it for custom resources and most group kinds, but not
+    /// for core kinds other than Pods (Services, Nodes, Namespaces, ConfigMaps have none),
+    /// nor for Leases, Events and RBAC objects. FerroLB copies a Service's generation into
+    /// its conditions' `observedGeneration`, so a fake that invents one changes its writes.
+    pub fn tracks_generation(&self) -> bool {
+        match self.group.as_str() {
+            "" => self.plural == "pods",
+            "coordination.k8s.io" | "events.k8s.io" | "rbac.authorization.k8s.io" => false,
+            _ => true,
+        }
+    }
+
     /// True for core `namespaces` (whose deletion cascades to their contents).
     pub fn is_namespaces(&self) -> bool {
         self.group.is_empty() && self.plural == "namespaces"
@@ -201,5 +214,22 @@ mod tests {
         assert_eq!(parse("/api/v1/a/b/c/d/e/f/g"), Route::Unknown);
         assert!(!rp("/api/v1/namespaces/x/configmaps").gvr.has_status());
         assert!(rp("/api/v1/services").gvr.has_status());
+        assert!(!rp("/api/v1/services").gvr.tracks_generation());
+        assert!(
+            !rp("/apis/coordination.k8s.io/v1/leases")
+                .gvr
+                .tracks_generation()
+        );
+        assert!(rp("/api/v1/pods").gvr.tracks_generation());
+        assert!(
+            rp("/apis/discovery.k8s.io/v1/endpointslices")
+                .gvr
+                .tracks_generation()
+        );
+        assert!(
+            rp("/apis/ferrolb.io/v1alpha1/ipaddresspools")
+                .gvr
+                .tracks_generation()
+        );
     }
 }

@@ -49,6 +49,109 @@ impl Res<'_> {
     }
 }
 
+/// One entry of `Status.details.causes`: a field path, a machine reason and the text
+/// `field.Error.ErrorBody()` renders, so 422 bodies read like kube-apiserver's.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Cause {
+    /// Field path, e.g. `status.loadBalancer.ingress[0].ip` (`<nil>` for none).
+    pub field: String,
+    /// `FieldValueInvalid`, `FieldValueRequired`, ...
+    pub reason: &'static str,
+    /// The body after the field, e.g. `Invalid value: "x": must be a valid IP address`.
+    pub message: String,
+}
+
+/// A rejected value as Go's field errors print it: strings quoted, numbers bare.
+fn show(v: &Value) -> String {
+    v.to_string()
+}
+
+impl Cause {
+    /// `field.Invalid`: the value is malformed.
+    pub fn invalid(field: &str, value: &Value, detail: &str) -> Self {
+        Self::with(
+            field,
+            "FieldValueInvalid",
+            format!("Invalid value: {}: {detail}", show(value)),
+        )
+    }
+
+    /// `field.TypeInvalid`: the value has the wrong JSON type or format.
+    pub fn type_invalid(field: &str, value: &Value, detail: &str) -> Self {
+        Self::with(
+            field,
+            "FieldValueTypeInvalid",
+            format!("Invalid value: {}: {detail}", show(value)),
+        )
+    }
+
+    /// `field.Required`: the field is missing; `detail` may be empty.
+    pub fn required(field: &str, detail: &str) -> Self {
+        let message = if detail.is_empty() {
+            "Required value".to_string()
+        } else {
+            format!("Required value: {detail}")
+        };
+        Self::with(field, "FieldValueRequired", message)
+    }
+
+    /// `field.Forbidden`: the field may not be set here.
+    pub fn forbidden(field: &str, detail: &str) -> Self {
+        Self::with(field, "FieldValueForbidden", format!("Forbidden: {detail}"))
+    }
+
+    /// `field.NotSupported`: the value is not one of an enumeration.
+    pub fn not_supported(field: &str, value: &Value, supported: &[Value]) -> Self {
+        let list: Vec<String> = supported.iter().map(show).collect();
+        Self::with(
+            field,
+            "FieldValueNotSupported",
+            format!(
+                "Unsupported value: {}: supported values: {}",
+                show(value),
+                list.join(", ")
+            ),
+        )
+    }
+
+    /// `field.TooLong`: a string longer than `max` bytes.
+    pub fn too_long(field: &str, max: u64) -> Self {
+        Self::with(
+            field,
+            "FieldValueTooLong",
+            format!("Too long: may not be more than {max} bytes"),
+        )
+    }
+
+    /// `field.TooMany`: a list or map with more than `max` entries.
+    pub fn too_many(field: &str, actual: usize, max: u64) -> Self {
+        Self::with(
+            field,
+            "FieldValueTooMany",
+            format!("Too many: {actual}: must have at most {max} items"),
+        )
+    }
+
+    fn with(field: &str, reason: &'static str, message: String) -> Self {
+        Self {
+            field: field.to_string(),
+            reason,
+            message,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({ "reason": self.reason, "message": self.message, "field": self.field })
+    }
+}
+
+impl std::fmt::Display for Cause {
+    /// `field: body`, one element of the aggregated message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: String) -> Self {
         Self {
@@ -189,29 +292,84 @@ impl ApiError {
         Self::new(400, "BadRequest", message.into())
     }
 
-    /// 422 for an object that fails validation; `kind` is the object's Kind.
+    /// 422 for an object that fails validation with one cause; `kind` is the object's Kind.
     pub fn invalid(
         res: Res<'_>,
         kind: &str,
         name: &str,
         field: &str,
-        cause_reason: &str,
+        cause_reason: &'static str,
         detail: &str,
     ) -> Self {
-        let mut e = Self::new(
-            422,
-            "Invalid",
-            format!("{kind} \"{name}\" is invalid: {field}: {detail}"),
-        );
-        let mut d = json!({
-            "name": name,
-            "kind": kind,
-            "causes": [{ "reason": cause_reason, "message": detail, "field": field }],
-        });
-        if !res.group.is_empty() {
-            d["group"] = json!(res.group);
+        Self::invalid_causes(
+            res.group,
+            kind,
+            name,
+            vec![Cause {
+                field: field.to_string(),
+                reason: cause_reason,
+                message: detail.to_string(),
+            }],
+        )
+    }
+
+    /// 422 listing every validation failure, as `apierrors.NewInvalid` builds it: the
+    /// message names the group-qualified Kind and aggregates the causes (`[a, b]` when
+    /// there are several); `details` names the object.
+    pub fn invalid_causes(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
+        let qualified = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let rendered: Vec<String> = causes.iter().map(Cause::to_string).collect();
+        let message = match rendered.as_slice() {
+            [] => format!("{qualified} \"{name}\" is invalid"),
+            [one] => format!("{qualified} \"{name}\" is invalid: {one}"),
+            many => format!("{qualified} \"{name}\" is invalid: [{}]", many.join(", ")),
+        };
+        let mut e = Self::new(422, "Invalid", message);
+        let mut d = json!({});
+        if !kind.is_empty() {
+            d["kind"] = json!(kind);
         }
+        if !name.is_empty() {
+            d["name"] = json!(name);
+        }
+        if !group.is_empty() {
+            d["group"] = json!(group);
+        }
+        d["causes"] = causes.iter().map(Cause::to_json).collect();
         e.details = Some(d);
+        e
+    }
+
+    /// 422 for a server-side apply request without the `fieldManager` it requires.
+    pub fn apply_needs_field_manager() -> Self {
+        Self::invalid_causes(
+            "meta.k8s.io",
+            "PatchOptions",
+            "",
+            vec![Cause::required(
+                "fieldManager",
+                "is required for apply patch",
+            )],
+        )
+    }
+
+    /// 504 for a get or list at a resourceVersion the server has not reached yet (the real
+    /// server waits 3 s for its watch cache first; this one answers at once).
+    pub fn too_large_resource_version(requested: u64, current: u64) -> Self {
+        let mut e = Self::new(
+            504,
+            "Timeout",
+            format!("Timeout: Too large resource version: {requested}, current: {current}"),
+        );
+        e.retry_after = Some(1);
+        e.details = Some(json!({
+            "causes": [{ "reason": "ResourceVersionTooLarge", "message": "Too large resource version" }],
+            "retryAfterSeconds": 1,
+        }));
         e
     }
 

@@ -23,6 +23,7 @@ use crate::selector::{FieldSelector, LabelSelector, is_dns_subdomain};
 use crate::ssa::{self, ManagerKey, Ownership, Scope};
 use crate::status::{ApiError, Res};
 use crate::util::{Rng, rfc3339};
+use crate::{schema, service};
 
 /// A verb's successful outcome: HTTP status and JSON body.
 #[derive(Debug, Clone, PartialEq)]
@@ -348,6 +349,10 @@ impl Store {
             Some(_) => return Err(ApiError::no_route()),
         }
         match (req.verb, p.name.as_deref()) {
+            (Verb::Get, _) if self.too_new(req.query) => Err(ApiError::too_large_resource_version(
+                req.query["resourceVersion"].parse().unwrap_or_default(),
+                self.rv,
+            )),
             (Verb::Get, None) => self.list(p, req.query),
             (Verb::Get, Some(name)) => self.get(p, name),
             (Verb::Post, None) => self.create(req),
@@ -357,6 +362,15 @@ impl Store {
             (Verb::Delete, None) => self.delete_collection(req),
             _ => Err(ApiError::method_not_allowed()),
         }
+    }
+
+    /// A get or list asks for a resourceVersion this server has not reached (the real one
+    /// answers 504 "Too large resource version" once its watch cache gave up waiting).
+    fn too_new(&self, query: &HashMap<String, String>) -> bool {
+        query
+            .get("resourceVersion")
+            .and_then(|rv| rv.parse::<u64>().ok())
+            .is_some_and(|rv| rv > self.rv)
     }
 
     fn get(&self, p: &ResourcePath, name: &str) -> Result<Reply, ApiError> {
@@ -530,9 +544,9 @@ impl Store {
 
     /// Server-set metadata and defaults for a new object (uid, timestamps, generation).
     fn prepare_new(&mut self, gvr: &Gvr, obj: &mut Value, now: SystemTime) {
-        // Simplification: no per-kind defaulting or validation beyond metadata, except that
-        // status is dropped on create for resources with a status subresource (Nodes keep
-        // theirs, as kubelet registration relies on) and Namespaces start Active.
+        // Simplification: per-kind defaulting and validation only where `admit` says; status
+        // is dropped on create for resources with a status subresource (Nodes keep theirs,
+        // as kubelet registration relies on) and Namespaces start Active.
         if gvr.has_status()
             && gvr.plural != "nodes"
             && let Some(m) = obj.as_object_mut()
@@ -555,7 +569,9 @@ impl Store {
         }
         md.insert("uid".into(), json!(uid));
         md.insert("creationTimestamp".into(), json!(rfc3339(now)));
-        md.insert("generation".into(), json!(1));
+        if gvr.tracks_generation() {
+            md.insert("generation".into(), json!(1));
+        }
     }
 
     fn next_rv(&mut self) -> u64 {
@@ -599,6 +615,63 @@ impl Store {
         ))
     }
 
+    /// The schema of a custom resource whose CRD is stored here (`{plural}.{group}`).
+    fn crd_schema(&self, gvr: &Gvr) -> Option<&Value> {
+        if gvr.group.is_empty() {
+            return None;
+        }
+        let key = Key {
+            gvr: Gvr {
+                group: "apiextensions.k8s.io".into(),
+                version: "v1".into(),
+                plural: "customresourcedefinitions".into(),
+            },
+            namespace: String::new(),
+            name: format!("{}.{}", gvr.plural, gvr.group),
+        };
+        schema::schema_for(&self.objects.get(&key)?.object, &gvr.version)
+    }
+
+    /// What the real server does to a written object before storing it, for the kinds
+    /// where FerroLB depends on it: Service status rules (`service`) and the schema of a
+    /// registered CRD (`schema`). `new` is the composed object; `old` is `None` on create.
+    /// Simplification: no other kind is defaulted or validated beyond metadata.
+    fn admit(
+        &self,
+        req: &Request<'_>,
+        name: &str,
+        old: Option<&Value>,
+        new: &mut Value,
+    ) -> Result<(), ApiError> {
+        let p = req.path;
+        let status_write = p.subresource.as_deref() == Some("status");
+        let kind = new
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut causes = Vec::new();
+        if p.gvr.group.is_empty() && p.gvr.plural == "services" {
+            if status_write {
+                if let Some(e) = service::decode_error(new, req.verb == Verb::Patch) {
+                    return Err(e);
+                }
+                service::normalize_status(new);
+                causes = service::validate_status(new);
+            } else if old.is_some() {
+                service::clear_lb_status_unless_lb(new);
+            }
+        } else if let Some(schema) = self.crd_schema(&p.gvr) {
+            schema::prune_and_default(schema, new);
+            causes = schema::validate(schema, new, status_write);
+        }
+        if causes.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid_causes(&p.gvr.group, &kind, name, causes))
+        }
+    }
+
     fn create(&mut self, req: &Request<'_>) -> Result<Reply, ApiError> {
         let p = req.path;
         let mut obj = parse_object(req.body)?;
@@ -636,6 +709,7 @@ impl Store {
             return Err(ApiError::already_exists(res, &name));
         }
         self.prepare_new(&p.gvr, &mut obj, req.now);
+        self.admit(req, &name, None, &mut obj)?;
         if dry_run(req.query) {
             return Ok(Reply {
                 code: 201,
@@ -738,7 +812,7 @@ impl Store {
         owners: Ownership,
         dry: bool,
     ) -> Result<Reply, ApiError> {
-        if spec_part(&new) != spec_part(&old.object) {
+        if key.gvr.tracks_generation() && spec_part(&new) != spec_part(&old.object) {
             let generation = meta(&old.object)
                 .and_then(|m| m.get("generation"))
                 .and_then(Value::as_i64)
@@ -782,7 +856,8 @@ impl Store {
         let (key, old) = self.existing(p, name)?;
         Self::check_rv(p, name, &old.object, &body)?;
         // Simplification: no create-on-update, unconditional updates (no RV) are allowed.
-        let new = Self::compose(p, &old.object, body);
+        let mut new = Self::compose(p, &old.object, body);
+        self.admit(req, name, Some(&old.object), &mut new)?;
         let mut owners = old.owners.clone();
         owners.record_update(
             &manager_key(field_manager(req.query), p),
@@ -845,7 +920,8 @@ impl Store {
             ));
         }
         self.fill_type_meta(&p.gvr, &mut patched)?;
-        let new = Self::compose(p, &old.object, patched);
+        let mut new = Self::compose(p, &old.object, patched);
+        self.admit(req, name, Some(&old.object), &mut new)?;
         let mut owners = old.owners.clone();
         owners.record_update(
             &manager_key(field_manager(req.query), p),
@@ -859,9 +935,7 @@ impl Store {
     fn apply(&mut self, req: &Request<'_>, name: &str) -> Result<Reply, ApiError> {
         let p = req.path;
         let Some(manager) = req.query.get("fieldManager").filter(|m| !m.is_empty()) else {
-            return Err(ApiError::bad_request(
-                "PATCH, application/apply-patch+yaml requests must supply a fieldManager",
-            ));
+            return Err(ApiError::apply_needs_field_manager());
         };
         let force = req.query.get("force").is_some_and(|f| f == "true");
         let mut config: Value = match serde_json::from_slice(req.body) {
@@ -930,6 +1004,7 @@ impl Store {
             )
             .map_err(|c| conflicts_error(&c))?;
             self.prepare_new(&p.gvr, &mut obj, req.now);
+            self.admit(req, name, None, &mut obj)?;
             if dry_run(req.query) {
                 return Ok(Reply {
                     code: 201,
@@ -947,7 +1022,8 @@ impl Store {
         }
         let (result, owners) = ssa::apply(&old.object, &config, &me, force, &old.owners, scope)
             .map_err(|c| conflicts_error(&c))?;
-        let new = Self::compose(p, &old.object, result);
+        let mut new = Self::compose(p, &old.object, result);
+        self.admit(req, name, Some(&old.object), &mut new)?;
         self.commit_update(key, &old, new, owners, dry_run(req.query))
     }
 
@@ -1258,7 +1334,8 @@ mod tests {
     const APPLY: Option<&str> = Some("application/apply-patch+yaml");
 
     fn svc(name: &str, labels: Value) -> Value {
-        json!({"metadata": {"name": name, "labels": labels}, "spec": {"ports": [{"port": 80}]}})
+        json!({"metadata": {"name": name, "labels": labels},
+               "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}})
     }
 
     #[test]
@@ -1268,7 +1345,10 @@ mod tests {
         assert_eq!(s["kind"], "Service");
         assert_eq!(s["apiVersion"], "v1");
         assert_eq!(s["metadata"]["namespace"], "default");
-        assert_eq!(s["metadata"]["generation"], 1);
+        assert!(
+            s["metadata"].get("generation").is_none(),
+            "Services carry no generation"
+        );
         assert_eq!(s["metadata"]["creationTimestamp"], "1970-01-01T00:00:00Z");
         assert_eq!(s["metadata"]["uid"].as_str().unwrap().len(), 36);
         assert_eq!(s["metadata"]["resourceVersion"], "2");
@@ -1317,10 +1397,6 @@ mod tests {
             s2["status"]["loadBalancer"]["ingress"][0]["ip"],
             "203.0.113.1"
         );
-        assert_eq!(
-            s2["metadata"]["generation"], 1,
-            "status does not bump generation"
-        );
 
         // Stale RV → Conflict with the real message.
         let e = t.err(Verb::Put, &format!("{SVCS}/a"), None, s.clone());
@@ -1331,7 +1407,7 @@ mod tests {
         );
         assert_ne!(rv, s2["metadata"]["resourceVersion"]);
 
-        // Main PUT cannot touch status, but bumps generation on spec changes.
+        // Main PUT cannot touch status.
         let mut upd = s2.clone();
         upd["spec"]["ports"][0]["port"] = json!(81);
         upd["status"] = json!({});
@@ -1340,7 +1416,6 @@ mod tests {
             s3["status"]["loadBalancer"]["ingress"][0]["ip"],
             "203.0.113.1"
         );
-        assert_eq!(s3["metadata"]["generation"], 2);
         assert_eq!(s3["metadata"]["uid"], s["metadata"]["uid"]);
 
         // No-op update keeps the RV.
@@ -1385,8 +1460,8 @@ mod tests {
             json!({"status": {"ok": true}, "spec": {"type": "X"}}),
         );
         assert_eq!(s["status"]["ok"], true);
-        assert!(
-            s["spec"].get("type").is_none(),
+        assert_eq!(
+            s["spec"]["type"], "LoadBalancer",
             "status patch cannot set spec"
         );
         let e = t.err(
@@ -1432,10 +1507,15 @@ mod tests {
         let mut t = T::new();
         let cfg = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}});
         let url = "/api/v1/namespaces/default/configmaps/c";
+        let e = t.err(Verb::Patch, url, APPLY, cfg.clone());
         assert_eq!(
-            t.err(Verb::Patch, url, APPLY, cfg.clone()).code,
-            400,
+            (e.code, e.reason),
+            (422, "Invalid"),
             "fieldManager required"
+        );
+        assert_eq!(
+            e.message,
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
         );
         let c = t
             .call(
@@ -1681,6 +1761,201 @@ mod tests {
         let e = t.store.events_since(start, &f).unwrap_err();
         assert_eq!((e.code, e.reason), (410, "Expired"));
         assert!(t.store.events_since(cursor, &f).is_ok());
+    }
+
+    const POOLS: &str = "/apis/ferrolb.io/v1alpha1/ipaddresspools";
+
+    /// Registers a CRD for `ipaddresspools.ferrolb.io` with a small schema.
+    fn register_pool_crd(t: &mut T) {
+        t.ok(
+            Verb::Post,
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            None,
+            json!({
+                "metadata": {"name": "ipaddresspools.ferrolb.io"},
+                "spec": {"group": "ferrolb.io", "scope": "Cluster",
+                    "names": {"kind": "IPAddressPool", "plural": "ipaddresspools"},
+                    "versions": [{"name": "v1alpha1", "served": true, "storage": true,
+                        "subresources": {"status": {}},
+                        "schema": {"openAPIV3Schema": {"type": "object", "required": ["spec"],
+                            "properties": {
+                                "spec": {"type": "object", "required": ["addresses"], "properties": {
+                                    "addresses": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                                    "autoAssign": {"type": "boolean", "default": true}}},
+                                "status": {"type": "object", "properties": {
+                                    "assignedIPv4": {"type": "integer", "default": 0},
+                                    "observedGeneration": {"type": "integer"}}}}}}}]}
+            }),
+        );
+    }
+
+    #[test]
+    fn registered_crds_prune_default_and_validate() {
+        let mut t = T::new();
+        let body = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPAddressPool",
+            "metadata": {"name": "p"}, "spec": {"addresses": ["203.0.113.0/28"], "bogus": 1}});
+        // Before the CRD exists, objects are stored as sent.
+        let raw = t.ok(Verb::Post, POOLS, None, body.clone());
+        assert_eq!(raw["spec"]["bogus"], 1);
+        assert!(raw["spec"].get("autoAssign").is_none());
+        t.ok(Verb::Delete, &format!("{POOLS}/p"), None, Value::Null);
+
+        register_pool_crd(&mut t);
+        let p = t.ok(Verb::Post, POOLS, None, body);
+        assert_eq!(
+            p["spec"],
+            json!({"addresses": ["203.0.113.0/28"], "autoAssign": true})
+        );
+        assert_eq!(p["metadata"]["generation"], 1);
+        let s = t.ok(
+            Verb::Patch,
+            &format!("{POOLS}/p/status"),
+            MERGE,
+            json!({"status": {"observedGeneration": 1, "x": 1}}),
+        );
+        assert_eq!(
+            s["status"],
+            json!({"assignedIPv4": 0, "observedGeneration": 1})
+        );
+        assert_eq!(s["metadata"]["generation"], 1, "status leaves generation");
+        let e = t.err(
+            Verb::Patch,
+            &format!("{POOLS}/p"),
+            MERGE,
+            json!({"spec": {"autoAssign": "yes"}}),
+        );
+        assert_eq!((e.code, e.reason), (422, "Invalid"));
+        assert_eq!(
+            e.message,
+            "IPAddressPool.ferrolb.io \"p\" is invalid: spec.autoAssign: Invalid value: \"string\": spec.autoAssign in body must be of type boolean: \"string\""
+        );
+        let e = t.err(
+            Verb::Post,
+            POOLS,
+            None,
+            json!({"metadata": {"name": "q"}, "spec": {"addresses": []}}),
+        );
+        assert_eq!(
+            e.to_status()["details"]["causes"][0]["field"],
+            "spec.addresses"
+        );
+        // A spec change bumps generation; removing a defaulted field brings the default back.
+        let p = t.ok(
+            Verb::Patch,
+            &format!("{POOLS}/p"),
+            MERGE,
+            json!({"spec": {"autoAssign": false}}),
+        );
+        assert_eq!(p["metadata"]["generation"], 2);
+        let rv = p["metadata"]["resourceVersion"].clone();
+        let p = t.ok(
+            Verb::Patch,
+            &format!("{POOLS}/p"),
+            MERGE,
+            json!({"spec": {"autoAssign": null}}),
+        );
+        assert_eq!(
+            (
+                p["spec"]["autoAssign"].clone(),
+                p["metadata"]["generation"].clone()
+            ),
+            (json!(true), json!(3))
+        );
+        assert_ne!(p["metadata"]["resourceVersion"], rv);
+    }
+
+    #[test]
+    fn service_status_is_defaulted_and_validated() {
+        let mut t = T::new();
+        t.ok(Verb::Post, SVCS, None, svc("a", json!({})));
+        let st = |ingress: Value| json!({"status": {"loadBalancer": {"ingress": ingress}}});
+        let s = t.ok(
+            Verb::Patch,
+            &format!("{SVCS}/a/status"),
+            MERGE,
+            st(json!([{"ip": "203.0.113.1"}])),
+        );
+        assert_eq!(
+            s["status"]["loadBalancer"]["ingress"],
+            json!([{"ip": "203.0.113.1", "ipMode": "VIP"}])
+        );
+        let e = t.err(
+            Verb::Patch,
+            &format!("{SVCS}/a/status"),
+            MERGE,
+            st(json!([{"ip": "not-an-ip"}])),
+        );
+        assert_eq!(
+            e.message,
+            "Service \"a\" is invalid: status.loadBalancer.ingress[0].ip: Invalid value: \"not-an-ip\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
+        );
+        assert_eq!(
+            e.to_status()["details"],
+            json!({"name": "a", "kind": "Service", "causes": [{
+                "reason": "FieldValueInvalid", "field": "status.loadBalancer.ingress[0].ip",
+                "message": "Invalid value: \"not-an-ip\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"}]})
+        );
+        // The stored object did not change.
+        let s = t.ok(Verb::Get, &format!("{SVCS}/a"), None, Value::Null);
+        assert_eq!(
+            s["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "203.0.113.1"
+        );
+        // Leaving type LoadBalancer clears the load-balancer status.
+        let s = t.ok(
+            Verb::Patch,
+            &format!("{SVCS}/a"),
+            MERGE,
+            json!({"spec": {"type": "ClusterIP"}}),
+        );
+        assert_eq!(s["status"]["loadBalancer"], json!({}));
+        let e = t.err(
+            Verb::Patch,
+            &format!("{SVCS}/a/status"),
+            MERGE,
+            st(json!([{"ip": "203.0.113.1"}])),
+        );
+        assert_eq!(
+            e.to_status()["details"]["causes"][0]["reason"],
+            "FieldValueForbidden"
+        );
+    }
+
+    #[test]
+    fn reads_at_a_future_resource_version() {
+        let mut t = T::new();
+        t.ok(Verb::Post, SVCS, None, svc("a", json!({})));
+        let future = t.store.resource_version() + 10;
+        for url in [
+            format!("{SVCS}?resourceVersion={future}"),
+            format!("{SVCS}/a?resourceVersion={future}"),
+        ] {
+            let e = t.err(Verb::Get, &url, None, Value::Null);
+            assert_eq!((e.code, e.reason, e.retry_after), (504, "Timeout", Some(1)));
+            assert_eq!(
+                e.message,
+                format!(
+                    "Timeout: Too large resource version: {future}, current: {}",
+                    t.store.resource_version()
+                )
+            );
+        }
+        t.ok(
+            Verb::Get,
+            &format!("{SVCS}?resourceVersion=0"),
+            None,
+            Value::Null,
+        );
+        // A watch from the future waits silently, as the real one: no error, and events
+        // below the requested RV are never sent.
+        let Route::Resource(rp) = parse(SVCS) else {
+            panic!()
+        };
+        let f = Filter::new(&rp, &HashMap::new()).unwrap();
+        t.ok(Verb::Delete, &format!("{SVCS}/a"), None, Value::Null);
+        let (lines, cursor) = t.store.events_since(future, &f).unwrap();
+        assert!(lines.is_empty());
+        assert_eq!(cursor, future);
     }
 
     #[test]
