@@ -484,7 +484,7 @@ impl Index {
         let ns = self.namespace_labels(&svc);
         let (result, aliases, pool_name) = match service::parse(&svc, &ns) {
             Ok(parsed) => {
-                let result = self.alloc.assign(&parsed.request);
+                let result = self.alloc.assign_preferring(&parsed.request, &observed_ips);
                 let pool = result
                     .as_ref()
                     .ok()
@@ -1081,5 +1081,80 @@ mod tests {
                 .any(|e| e.reason == "IPReleased" && e.note.contains("pool p was deleted")),
             "{events:?}"
         );
+    }
+
+    /// The API server's side of the loop: applies every Service update as the writer would
+    /// and feeds the result back like the watch, until nothing more is written. Returns
+    /// the ingress IPs of every Service.
+    fn settle(i: &mut Index, now: i64) -> BTreeMap<String, Vec<IpAddr>> {
+        for round in 0..10 {
+            let us = i.reconcile(t(now + round));
+            let su: Vec<Update> = service_updates(&us).into_iter().cloned().collect();
+            if su.is_empty() {
+                break;
+            }
+            for u in &su {
+                let Update::Service { key, .. } = u else {
+                    unreachable!()
+                };
+                let svc = i
+                    .services
+                    .get(key)
+                    .cloned()
+                    .expect("updated Service is cached");
+                i.apply_service(written(&svc, u, &format!("{}", 100 + round)));
+            }
+        }
+        i.services
+            .iter()
+            .map(|(k, s)| (k.name.clone(), service::status_ips(s)))
+            .collect()
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn dual(name: &str, created: i64) -> Service {
+        let mut s = mk_service(name, created);
+        let spec = s.spec.as_mut().unwrap();
+        spec.ip_family_policy = Some("PreferDualStack".into());
+        spec.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+        s
+    }
+
+    /// A GitOps replace deletes a pool and creates it again; both land in one round. The
+    /// holders must come back to the IPs their status shows, not to the lowest free ones.
+    #[test]
+    fn pool_deleted_and_recreated_in_one_step_moves_nothing() {
+        let pool = || mk_pool("p", &["203.0.113.0/29"]);
+        let mut i = leading(
+            vec![pool()],
+            vec![mk_service("a", 1), mk_service("b", 2), mk_service("c", 3)],
+        );
+        let before = settle(&mut i, 10);
+        assert_eq!(before["b"], ips(&["203.0.113.1"]));
+        i.delete_service(&key("a")); // .0 is free now: the lowest free IP
+        i.delete_pool("p");
+        i.apply_pool(pool());
+        let after = settle(&mut i, 20);
+        assert_eq!(after["b"], before["b"], "b moved");
+        assert_eq!(after["c"], before["c"], "c moved");
+    }
+
+    /// Shrinking the IPv6 half of a dual-stack pool takes a Service's IPv6 address away; its
+    /// IPv4 address must stay, even when a lower one is free.
+    #[test]
+    fn shrinking_one_family_keeps_the_other() {
+        let mut i = leading(
+            vec![mk_pool("p", &["203.0.113.0/30", "2001:db8::/126"])],
+            vec![dual("a", 1), dual("b", 2)],
+        );
+        let before = settle(&mut i, 10);
+        assert_eq!(before["b"], ips(&["203.0.113.1", "2001:db8::1"]));
+        i.delete_service(&key("a"));
+        i.apply_pool(mk_pool("p", &["203.0.113.0/30", "2001:db8::2/127"]));
+        let after = settle(&mut i, 20);
+        assert_eq!(after["b"], ips(&["203.0.113.1", "2001:db8::2"]));
     }
 }

@@ -276,6 +276,18 @@ impl Allocator {
     /// Gives a Service its IPs: keeps a still-valid assignment, else allocates anew
     /// (requested IPs, then the named pool, then automatic). Idempotent; IPs primary first.
     pub fn assign(&mut self, svc: &ServiceRequest) -> Result<Vec<IpAddr>, AllocError> {
+        self.assign_preferring(svc, &[])
+    }
+
+    /// [`assign`](Self::assign), preferring `hint` (the IPs the Service's status still
+    /// shows) when it holds nothing here: after its pool was deleted and re-created in one
+    /// step, or one family of its pool shrank, it gets back every IP that is still valid
+    /// instead of the lowest free ones (issue: no IP moves without cause).
+    pub fn assign_preferring(
+        &mut self,
+        svc: &ServiceRequest,
+        hint: &[IpAddr],
+    ) -> Result<Vec<IpAddr>, AllocError> {
         let wanted = match validate(svc) {
             Ok(w) => w,
             Err(why) => {
@@ -297,7 +309,12 @@ impl Allocator {
             }
             self.release(&svc.key);
         }
-        let ips = self.allocate(svc, &wanted, &share, &previous)?;
+        let prefer = if previous.is_empty() {
+            hint
+        } else {
+            &previous[..]
+        };
+        let ips = self.allocate(svc, &wanted, &share, prefer)?;
         self.adopt(&svc.key, ips.clone(), share);
         Ok(ips)
     }
