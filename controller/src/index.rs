@@ -114,6 +114,11 @@ pub struct Index {
     /// Why a Service lost its IP, for the IPReleased Event of the next round.
     evicted: HashMap<ServiceKey, String>,
     written: HashMap<ServiceKey, Written>,
+    /// Which Services' cached statuses show each IP that we published (our condition
+    /// proves it), to hold back a new holder until the old one's release has landed.
+    shown: HashMap<IpAddr, BTreeSet<ServiceKey>>,
+    /// Services whose write waits for an IP to disappear from another Service's status.
+    deferred: HashMap<IpAddr, BTreeSet<ServiceKey>>,
     written_pools: HashMap<String, (Option<String>, IPAddressPoolStatus)>,
     written_advs: HashMap<String, (Option<String>, L2AdvertisementStatus)>,
 }
@@ -160,6 +165,8 @@ impl Index {
             pending: BTreeSet::new(),
             evicted: HashMap::new(),
             written: HashMap::new(),
+            shown: HashMap::new(),
+            deferred: HashMap::new(),
             written_pools: HashMap::new(),
             written_advs: HashMap::new(),
         }
@@ -201,6 +208,7 @@ impl Index {
         self.written_advs.clear();
         self.evicted.clear();
         self.pending.clear();
+        self.deferred.clear();
         for p in self.pools.values() {
             match pool::parse(p) {
                 Ok(cfg) => {
@@ -358,10 +366,60 @@ impl Index {
         self.synced.namespaces = true;
     }
 
+    /// Records what `svc`'s status shows (None: it is gone) in `shown`, and wakes the
+    /// Services waiting for an IP it no longer shows.
+    fn track_shown(&mut self, key: &ServiceKey, svc: Option<&Service>) {
+        let ours = |s: &Service| {
+            if our_condition(s).is_some() {
+                service::status_ips(s)
+            } else {
+                Vec::new()
+            }
+        };
+        let old = self.services.get(key).map(ours).unwrap_or_default();
+        let new = svc.map(ours).unwrap_or_default();
+        for ip in old.iter().filter(|ip| !new.contains(ip)) {
+            if let Some(keys) = self.shown.get_mut(ip) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.shown.remove(ip);
+                }
+            }
+            if let Some(waiting) = self.deferred.remove(ip) {
+                self.dirty.extend(waiting);
+            }
+        }
+        for ip in new {
+            self.shown.entry(ip).or_default().insert(key.clone());
+        }
+    }
+
+    /// An IP of `ingress` that `key` would newly show while another Service's status still
+    /// shows it although that Service no longer holds it (its release is in flight).
+    fn shown_elsewhere(
+        &self,
+        key: &ServiceKey,
+        observed: &[IpAddr],
+        ingress: &[IpAddr],
+    ) -> Option<IpAddr> {
+        ingress
+            .iter()
+            .copied()
+            .filter(|ip| !observed.contains(ip))
+            .find(|ip| {
+                self.shown.get(ip).is_some_and(|keys| {
+                    keys.iter().any(|k| {
+                        k != key && !self.alloc.assigned(k).is_some_and(|held| held.contains(ip))
+                    })
+                })
+            })
+    }
+
     /// A Service was created or changed.
     pub fn apply_service(&mut self, svc: Service) {
         let key = service::key_of(&svc);
         let first_sight = !self.services.contains_key(&key);
+        self.track_shown(&key, Some(&svc));
         self.services.insert(key.clone(), svc.clone());
         if self.built {
             if first_sight {
@@ -373,6 +431,7 @@ impl Index {
 
     /// A Service was deleted: its IPs go back to the pool.
     pub fn delete_service(&mut self, key: &ServiceKey) {
+        self.track_shown(key, None);
         self.services.remove(key);
         self.written.remove(key);
         self.pending.remove(key);
@@ -613,6 +672,14 @@ impl Index {
             condition: cond.as_ref().map(cond_key),
         };
         if observed == desired || self.written.get(&key) == Some(&desired) {
+            return None;
+        }
+        // Clear before set: while another Service's status still shows one of our new IPs
+        // (its release is being written), wait for the watch to show the release, so no
+        // reader ever sees an IP on two incompatible Services.
+        if let Some(ip) = self.shown_elsewhere(&key, &observed.ingress, &ingress) {
+            tracing::debug!(service = %key, %ip, "waiting for the previous holder's release");
+            self.deferred.entry(ip).or_default().insert(key);
             return None;
         }
         self.written.insert(key.clone(), desired);
@@ -1156,5 +1223,42 @@ mod tests {
         i.apply_pool(mk_pool("p", &["203.0.113.0/30", "2001:db8::2/127"]));
         let after = settle(&mut i, 20);
         assert_eq!(after["b"], ips(&["203.0.113.1", "2001:db8::2"]));
+    }
+
+    /// a gives up its IP (it moves to another class) and b is waiting for one: b's write
+    /// must wait until a's release has landed, or a reader could see the IP on both.
+    #[test]
+    fn an_ip_is_cleared_from_its_old_holder_before_the_new_one_gets_it() {
+        let mut i = leading(
+            vec![mk_pool("p", &["203.0.113.0/32"])],
+            vec![mk_service("a", 1), mk_service("b", 2)],
+        );
+        let before = settle(&mut i, 10);
+        assert_eq!(before["a"], ips(&["203.0.113.0"]));
+        assert!(before["b"].is_empty());
+        let mut a = i.services[&key("a")].clone();
+        a.spec.as_mut().unwrap().load_balancer_class = Some("example.com/other".into());
+        i.apply_service(a.clone());
+        let us = i.reconcile(t(20));
+        let names: Vec<(String, Vec<IpAddr>)> = service_updates(&us)
+            .into_iter()
+            .map(|u| match u {
+                Update::Service { key, ingress, .. } => (key.name.clone(), ingress.clone()),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [("a".to_string(), vec![])],
+            "only the release is written first"
+        );
+        let release = service_updates(&us)[0].clone();
+        i.apply_service(written(&a, &release, "50"));
+        let us = i.reconcile(t(21));
+        assert!(
+            service_updates(&us).iter().any(|u| matches!(u,
+                Update::Service { key, ingress, .. } if key.name == "b" && *ingress == ips(&["203.0.113.0"]))),
+            "b gets the IP once a's status no longer shows it: {us:?}"
+        );
     }
 }
