@@ -215,7 +215,11 @@ impl Index {
                     self.alloc.upsert_pool(cfg);
                 }
                 Err(msg) => {
-                    self.alloc.set_pool_invalid(&name_of(p), msg);
+                    // Holders keep their IPs from the last valid addresses the status
+                    // records, whatever happened to the spec while no one led.
+                    let last_valid = pool::last_valid_config(p);
+                    self.alloc
+                        .set_pool_invalid_keeping(&name_of(p), msg, last_valid);
                 }
             }
         }
@@ -245,7 +249,11 @@ impl Index {
             return;
         }
         let ns = self.namespace_labels(svc);
-        if let Ok(parsed) = service::parse(svc, &ns) {
+        // A request that does not parse (a bad edit) must not cost the IPs the Service
+        // holds: claim them as if it requested nothing; the next round reports the error.
+        let parsed = service::parse(svc, &ns)
+            .or_else(|_| service::parse(&service::without_requests(svc), &ns));
+        if let Ok(parsed) = parsed {
             // A failed claim (IP no longer in a pool, or held incompatibly by an older
             // Service) leaves the Service to be allocated again, with an Event saying why.
             if let Err(e) = self.alloc.claim(&parsed.request, &ips) {
@@ -283,7 +291,10 @@ impl Index {
         }
         let evicted = match pool::parse(&p) {
             Ok(cfg) => self.alloc.upsert_pool(cfg),
-            Err(msg) => self.alloc.set_pool_invalid(&name, msg),
+            Err(msg) => {
+                self.alloc
+                    .set_pool_invalid_keeping(&name, msg, pool::last_valid_config(&p))
+            }
         };
         self.pool_changed(evicted, &format!("its IP is no longer in pool {name}"));
     }
@@ -1260,5 +1271,94 @@ mod tests {
                 Update::Service { key, ingress, .. } if key.name == "b" && *ingress == ips(&["203.0.113.0"]))),
             "b gets the IP once a's status no longer shows it: {us:?}"
         );
+    }
+
+    /// Like `settle`, also feeding pool status writes back.
+    fn settle_all(i: &mut Index, now: i64) -> BTreeMap<String, Vec<IpAddr>> {
+        for round in 0..10 {
+            let us = i.reconcile(t(now + round));
+            if us.is_empty() {
+                break;
+            }
+            for u in &us {
+                match u {
+                    Update::Service { key, .. } => {
+                        let svc = i.services[key].clone();
+                        i.apply_service(written(&svc, u, &format!("{}", 100 + round)));
+                    }
+                    Update::Pool { name, status, .. } => {
+                        let mut p = i.pools[name].clone();
+                        p.status = Some(status.clone());
+                        i.apply_pool(p);
+                    }
+                    Update::Advertisement { .. } => {}
+                }
+            }
+        }
+        i.services
+            .iter()
+            .map(|(k, s)| (k.name.clone(), service::status_ips(s)))
+            .collect()
+    }
+
+    /// A typo in a pool, and a Service annotation that does not parse, keep the IPs held
+    /// while the controller runs; a restart (or a new leader) must keep them too.
+    #[test]
+    fn restart_keeps_the_ips_of_an_invalid_pool_and_of_a_bad_request() {
+        let mut i = leading(
+            vec![mk_pool("p", &["203.0.113.0/30"])],
+            vec![mk_service("a", 1), mk_service("b", 2)],
+        );
+        let before = settle_all(&mut i, 10);
+        assert_eq!(before["b"], ips(&["203.0.113.1"]));
+        let mut p = i.pools["p"].clone();
+        p.spec.addresses.push("203.0.113.300".into());
+        i.apply_pool(p);
+        let mut b = i.services[&key("b")].clone();
+        b.metadata.annotations = Some(BTreeMap::from([(
+            "ferrolb.io/loadBalancerIPs".to_string(),
+            "nope".to_string(),
+        )]));
+        i.apply_service(b);
+        assert_eq!(
+            settle_all(&mut i, 20),
+            before,
+            "nothing moves while running"
+        );
+        let status = i.pools["p"].status.clone().unwrap();
+        assert_eq!(status.last_valid_addresses, ["203.0.113.0/30"]);
+
+        for restart in ["process restart", "leader change"] {
+            let mut j = match restart {
+                "process restart" => leading(
+                    i.pools.values().cloned().collect(),
+                    i.services.values().cloned().collect(),
+                ),
+                _ => {
+                    i.stop_leading();
+                    i.start_leading();
+                    std::mem::replace(&mut i, Index::new(ferrolb_crds::DEFAULT_LB_CLASS))
+                }
+            };
+            let us = j.reconcile(t(30));
+            for u in service_updates(&us) {
+                let Update::Service {
+                    key,
+                    ingress,
+                    events,
+                    ..
+                } = u
+                else {
+                    unreachable!()
+                };
+                assert_eq!(ingress, &before[&key.name], "{restart}: {key} moved");
+                assert!(
+                    events.iter().all(|e| e.reason != "IPReleased"),
+                    "{restart}: {events:?}"
+                );
+            }
+            assert_eq!(settle_all(&mut j, 40), before, "{restart}");
+            i = j;
+        }
     }
 }

@@ -53,6 +53,33 @@ fn saturate(n: u128) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// The addresses a pool's holders may keep: the spec's when it parses, else the last
+/// valid ones its status records (`None`: it never was valid, or the record is unusable).
+pub fn last_valid(pool: &IPAddressPool) -> Option<(Vec<String>, PoolAddresses)> {
+    let candidates = [
+        Some(&pool.spec.addresses),
+        pool.status.as_ref().map(|s| &s.last_valid_addresses),
+    ];
+    candidates.into_iter().flatten().find_map(|raw| {
+        let parsed = PoolAddresses::parse(raw).ok()?;
+        Some((raw.clone(), parsed))
+    })
+}
+
+/// The allocator's stand-in for an invalid pool: its last valid addresses, so holders keep
+/// their IPs (also after a restart), and nothing else (an invalid pool allocates nothing).
+pub fn last_valid_config(pool: &IPAddressPool) -> Option<PoolConfig> {
+    let (_, addresses) = last_valid(pool)?;
+    let mut config = PoolConfig::new(pool.metadata.name.clone().unwrap_or_default(), addresses);
+    config.auto_assign = false;
+    config.created = pool
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| t.0.as_second());
+    Some(config)
+}
+
 /// The status the pool should have, reusing `lastTransitionTime` of unchanged conditions.
 pub fn desired_status(
     pool: &IPAddressPool,
@@ -124,6 +151,7 @@ pub fn desired_status(
         available_ipv4: saturate(stats.available_v4),
         available_ipv6: saturate(stats.available_v6),
         observed_generation: generation,
+        last_valid_addresses: last_valid(pool).map(|(raw, _)| raw).unwrap_or_default(),
         conditions: conds,
     }
 }

@@ -87,6 +87,28 @@ fn annotation<'a>(
     })
 }
 
+/// `svc` without its IP and pool requests (annotations in every spelling, and
+/// `spec.loadBalancerIP`): what a restarted controller claims for a Service whose request
+/// does not parse, so the IPs it holds stay held (a bad edit never takes an IP away).
+pub fn without_requests(svc: &Service) -> Service {
+    let mut s = svc.clone();
+    if let Some(annos) = s.metadata.annotations.as_mut() {
+        for canonical in [annotations::LOAD_BALANCER_IPS, annotations::ADDRESS_POOL] {
+            let suffix = canonical
+                .strip_prefix("ferrolb.io/")
+                .expect("ferrolb.io annotation");
+            annos.remove(canonical);
+            for prefix in annotations::ALIAS_PREFIXES {
+                annos.remove(&format!("{prefix}{suffix}"));
+            }
+        }
+    }
+    if let Some(spec) = s.spec.as_mut() {
+        spec.load_balancer_ip = None;
+    }
+    s
+}
+
 /// Reads a handled Service into an allocation request.
 ///
 /// `namespace_labels` are the labels of the Service's namespace (for pool namespace
@@ -147,7 +169,11 @@ pub fn parse(svc: &Service, namespace_labels: &BTreeMap<String, String>) -> Resu
             }
             requested_ips.push(ip);
         }
-    } else if let Some(raw) = spec.load_balancer_ip.as_deref().filter(|s| !s.trim().is_empty()) {
+    } else if let Some(raw) = spec
+        .load_balancer_ip
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
         let ip: IpAddr = raw
             .trim()
             .parse()

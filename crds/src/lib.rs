@@ -162,6 +162,12 @@ pub struct IPAddressPoolStatus {
     /// The generation of the spec these figures describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The addresses of the last spec that parsed. While the spec is invalid, Services keep
+    /// the IPs they hold from these (and speakers keep announcing them), also across
+    /// controller restarts and leader changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024), inner(length(max = 100)))]
+    pub last_valid_addresses: Vec<String>,
     /// `Ready`, `Invalid` (with the parse error) and `Conflict` (overlap with an older pool).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -110,16 +110,34 @@ impl Allocator {
     /// Marks a pool's spec invalid: known pools keep their last valid addresses for existing
     /// holders, unknown ones are registered empty; neither allocates. Returns evicted Services (none).
     pub fn set_pool_invalid(&mut self, name: &str, message: String) -> Vec<ServiceKey> {
+        self.set_pool_invalid_keeping(name, message, None)
+    }
+
+    /// [`set_pool_invalid`](Self::set_pool_invalid); an unknown pool is registered with
+    /// `last_valid` (its last valid addresses, from its status after a restart) so the
+    /// Services holding IPs from them can claim them again.
+    pub fn set_pool_invalid_keeping(
+        &mut self,
+        name: &str,
+        message: String,
+        last_valid: Option<PoolConfig>,
+    ) -> Vec<ServiceKey> {
         match self.pools.get_mut(name) {
             Some(p) if p.invalid.as_ref() == Some(&message) => return Vec::new(),
             Some(p) => p.invalid = Some(message),
             None => {
-                let mut config =
-                    PoolConfig::new(name, ferrolb_crds::addresses::PoolAddresses::default());
-                config.auto_assign = false;
-                config.created = i64::MAX;
-                let mut pool = Pool::new(config);
+                let config = last_valid.unwrap_or_else(|| {
+                    let mut c =
+                        PoolConfig::new(name, ferrolb_crds::addresses::PoolAddresses::default());
+                    c.created = i64::MAX;
+                    c
+                });
+                let mut pool = Pool::new(PoolConfig {
+                    auto_assign: false,
+                    ..config
+                });
                 pool.invalid = Some(message);
+                pool.rebuild(self.holders.keys().copied());
                 self.pools.insert(name.to_owned(), pool);
             }
         }
