@@ -447,7 +447,9 @@ impl Index {
         self.written.remove(key);
         self.pending.remove(key);
         self.dirty.remove(key);
-        if self.built && !self.alloc.release(key).is_empty() {
+        let loosened = self.alloc.loosened();
+        if self.built && (!self.alloc.release(key).is_empty() || self.alloc.loosened() != loosened)
+        {
             self.capacity_changed();
         }
     }
@@ -496,8 +498,9 @@ impl Index {
             self.rebuild();
         }
         let mut updates = Vec::new();
-        // Two passes: a release in the first may free capacity for a pending Service.
-        for _ in 0..2 {
+        // A release or a loosened holder in one pass may let a pending Service fit in the
+        // next; a few passes settle chains of those within one round.
+        for _ in 0..4 {
             let mut batch: Vec<ServiceKey> = std::mem::take(&mut self.dirty).into_iter().collect();
             batch.sort_by_key(|k| (self.services.get(k).map(creation), k.clone()));
             for key in batch {
@@ -529,8 +532,9 @@ impl Index {
 
         if !service::is_handled(&svc, &self.lb_class) {
             self.pending.remove(key);
-            let released = self.alloc.release(key);
-            if !released.is_empty() {
+            let loosened = self.alloc.loosened();
+            self.alloc.release(key);
+            if self.alloc.loosened() != loosened {
                 self.capacity_changed();
             }
             // Clear only what we published: our condition proves the ingress is ours.
@@ -554,7 +558,13 @@ impl Index {
         let ns = self.namespace_labels(&svc);
         let (result, aliases, pool_name) = match service::parse(&svc, &ns) {
             Ok(parsed) => {
+                let loosened = self.alloc.loosened();
                 let result = self.alloc.assign_preferring(&parsed.request, &observed_ips);
+                if self.alloc.loosened() != loosened {
+                    // This Service let go of an IP or changed how it uses one: whoever
+                    // waits for an IP in use or a sharing conflict may fit now.
+                    self.capacity_changed();
+                }
                 let pool = result
                     .as_ref()
                     .ok()
@@ -1360,5 +1370,51 @@ mod tests {
             assert_eq!(settle_all(&mut j, 40), before, "{restart}");
             i = j;
         }
+    }
+
+    fn with_port(mut s: Service, port: i32, annos: &[(&str, &str)]) -> Service {
+        s.spec.as_mut().unwrap().ports = Some(vec![k8s_openapi::api::core::v1::ServicePort {
+            port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]);
+        s.metadata.annotations = Some(
+            annos
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        s
+    }
+
+    /// b waits with SharingConflict for a's IP; a then moves to another port. b must get
+    /// the IP in that same round, not at some unrelated later event.
+    #[test]
+    fn a_waiting_service_is_retried_when_the_holder_changes() {
+        let share = ("ferrolb.io/allow-shared-ip", "k");
+        let want = ("ferrolb.io/loadBalancerIPs", "203.0.113.0");
+        let mut i = leading(
+            vec![mk_pool("p", &["203.0.113.0/30"])],
+            vec![
+                with_port(mk_service("a", 1), 80, &[share]),
+                with_port(mk_service("b", 2), 80, &[share, want]),
+            ],
+        );
+        let before = settle(&mut i, 10);
+        assert_eq!(before["a"], ips(&["203.0.113.0"]));
+        assert!(before["b"].is_empty());
+        let reason = our_condition(&i.services[&key("b")])
+            .unwrap()
+            .reason
+            .clone();
+        assert_eq!(reason, "SharingConflict");
+        let a = with_port(i.services[&key("a")].clone(), 81, &[share]);
+        i.apply_service(a);
+        let us = i.reconcile(t(20));
+        assert!(
+            service_updates(&us).iter().any(|u| matches!(u,
+                Update::Service { key, ingress, .. } if key.name == "b" && *ingress == ips(&["203.0.113.0"]))),
+            "b is retried when a changes: {us:?}"
+        );
     }
 }

@@ -67,6 +67,9 @@ pub struct Allocator {
     services: HashMap<Arc<ServiceKey>, Holding>,
     /// Sharing key → IPs held under that key, ordered, to find the lowest shareable IP fast.
     shared: HashMap<String, BTreeSet<IpAddr>>,
+    /// Counts every change that can make a held IP available to someone else: a holder
+    /// released it, or changed its ports, backends or sharing key.
+    loosened: u64,
 }
 
 impl Allocator {
@@ -241,6 +244,13 @@ impl Allocator {
 
     // ── services ─────────────────────────────────────────────────────────────────────────
 
+    /// A counter that moves whenever a holder released an IP or changed how it uses one
+    /// (ports, backends, sharing key): Services waiting with `RequestedIPInUse` or
+    /// `SharingConflict` are worth retrying exactly then.
+    pub fn loosened(&self) -> u64 {
+        self.loosened
+    }
+
     /// The IPs a Service holds, primary family first.
     pub fn assigned(&self, key: &ServiceKey) -> Option<&[IpAddr]> {
         self.services.get(key).map(|h| h.ips.as_slice())
@@ -251,6 +261,7 @@ impl Allocator {
         let Some(holding) = self.services.remove(key) else {
             return Vec::new();
         };
+        self.loosened += 1;
         let mut freed = Vec::new();
         for ip in holding.ips {
             if self.unhold(ip, key, holding.share.key.as_deref()) {
@@ -774,6 +785,9 @@ impl Allocator {
     /// Replaces a kept holding's order and sharing profile, re-indexing a changed sharing key.
     fn update_holding(&mut self, key: &ServiceKey, ips: Vec<IpAddr>, share: Share) {
         let holding = self.services.get_mut(key).expect("kept holding exists");
+        if holding.share != share {
+            self.loosened += 1;
+        }
         let old = std::mem::replace(&mut holding.share, share);
         holding.ips = ips.clone();
         let new_key = holding.share.key.clone();
