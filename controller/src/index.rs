@@ -555,6 +555,14 @@ impl Index {
             return self.service_update(&svc, Vec::new(), None, events);
         }
 
+        if self.alloc.assigned(key).is_none() && !self.namespaces.contains_key(&key.namespace) {
+            // Pools choose Services by namespace labels, and an assignment is never moved
+            // to a better pool: deciding before the Namespace has arrived (a GitOps apply
+            // of a namespace and its Service together) could put it in the wrong pool for
+            // good. Its arrival retries the pending Services of that namespace.
+            self.pending.insert(key.clone());
+            return None;
+        }
         let ns = self.namespace_labels(&svc);
         let (result, aliases, pool_name) = match service::parse(&svc, &ns) {
             Ok(parsed) => {
@@ -928,10 +936,22 @@ mod tests {
         let mut i = Index::new(ferrolb_crds::DEFAULT_LB_CLASS);
         i.reset_pools(pools);
         i.reset_services(services);
-        i.reset_namespaces(vec![]);
+        i.reset_namespaces(vec![mk_namespace("ns", &[])]);
         i.reset_advertisements(vec![]);
         i.start_leading();
         i
+    }
+
+    fn mk_namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
+        let mut n = Namespace::default();
+        n.metadata.name = Some(name.into());
+        n.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        n
     }
 
     /// What the API server would hold after the writer applied `u`.
@@ -1416,5 +1436,34 @@ mod tests {
                 Update::Service { key, ingress, .. } if key.name == "b" && *ingress == ips(&["203.0.113.0"]))),
             "b is retried when a changes: {us:?}"
         );
+    }
+
+    /// A namespace and its Service applied together: the Service's event can arrive before
+    /// the Namespace's. It must wait for the Namespace's labels, not be matched as if it had
+    /// none (and land, for good, in the general pool).
+    #[test]
+    fn a_service_waits_for_its_namespace() {
+        let mut team = mk_pool("team", &["203.0.113.8/30"]);
+        team.spec.service_allocation = Some(ferrolb_crds::ServiceAllocation {
+            namespace_selectors: vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                    match_labels: Some(BTreeMap::from([("team".to_string(), "a".to_string())])),
+                    match_expressions: None,
+                },
+            ],
+            ..Default::default()
+        });
+        let mut i = leading(vec![mk_pool("general", &["203.0.113.0/30"]), team], vec![]);
+        let mut svc = mk_service("web", 1);
+        svc.metadata.namespace = Some("late".into());
+        i.apply_service(svc);
+        let us = i.reconcile(t(10));
+        assert!(
+            service_updates(&us).is_empty(),
+            "decided before the namespace: {us:?}"
+        );
+        i.apply_namespace(mk_namespace("late", &[("team", "a")]));
+        let got = settle(&mut i, 20);
+        assert_eq!(got["web"], ips(&["203.0.113.8"]));
     }
 }

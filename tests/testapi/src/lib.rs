@@ -29,8 +29,9 @@
 //! Simplifications versus the real server (each is also noted where it is implemented):
 //! - scope is inferred from the path (`namespaces/{ns}/` = namespaced); objects are keyed by
 //!   (group, version, plural, namespace, name), so versions of one group do not share storage;
-//!   a cluster-wide path clears `metadata.namespace`; Namespaces need not exist beforehand
-//!   (the real server answers 404);
+//!   a cluster-wide path clears `metadata.namespace`; the system Namespaces (`default`,
+//!   `kube-system`, `kube-public`, `kube-node-lease`) exist from the start, but others need
+//!   not exist before objects are created in them (the real server answers 404);
 //! - no per-kind defaulting or validation beyond metadata (names must be RFC 1123
 //!   subdomains), except: a Service's status (ingress IPs, `ipMode` defaulted to VIP and
 //!   checked, conditions stored with every field but not validated, as the real server,
@@ -144,7 +145,8 @@ impl TestApi {
     pub async fn start_with(addr: SocketAddr, config: TestApiConfig) -> std::io::Result<TestApi> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let store = Store::new(config.history_limit);
+        let mut store = Store::new(config.history_limit);
+        store.create_system_namespaces();
         let rv = store.resource_version();
         let shared = Arc::new(Shared {
             store: Mutex::new(store),

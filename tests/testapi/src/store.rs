@@ -282,6 +282,33 @@ impl Store {
         }
     }
 
+    /// The Namespaces a real API server's bootstrap creates (`default`, `kube-system`,
+    /// `kube-public`, `kube-node-lease`): clients such as the controller may wait for a
+    /// Service's Namespace before acting on it, and on a real cluster it always exists.
+    pub fn create_system_namespaces(&mut self) {
+        let path = match crate::path::parse("/api/v1/namespaces") {
+            crate::path::Route::Resource(rp) => rp,
+            _ => unreachable!("a resource path"),
+        };
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let body = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name},
+            })
+            .to_string();
+            self.handle(&Request {
+                verb: Verb::Post,
+                path: &path,
+                query: &HashMap::new(),
+                content_type: Some("application/json"),
+                body: body.as_bytes(),
+                now: SystemTime::now(),
+            })
+            .expect("a system namespace is created in an empty store");
+        }
+    }
+
     /// The current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.rv
