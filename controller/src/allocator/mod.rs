@@ -332,7 +332,14 @@ impl Allocator {
             .unwrap_or_default();
         if !previous.is_empty() {
             if self.keeps(svc, &wanted, &share, &previous) {
-                let ips = order_by(&previous, &wanted);
+                let mut ips = order_by(&previous, &wanted);
+                if let Some(extra) = self.second_family(svc, &wanted, &share, &ips) {
+                    // A Service that became dual-stack gains its second family from the
+                    // pool of its first, which does not move.
+                    self.hold(extra, &Arc::new(svc.key.clone()), share.key.as_deref());
+                    ips.push(extra);
+                    ips = order_by(&ips, &wanted);
+                }
                 self.update_holding(&svc.key, ips.clone(), share);
                 return Ok(ips);
             }
@@ -346,6 +353,36 @@ impl Allocator {
         let ips = self.allocate(svc, &wanted, &share, prefer)?;
         self.adopt(&svc.key, ips.clone(), share);
         Ok(ips)
+    }
+
+    /// For a kept single-family assignment of a Service that now wants both families
+    /// (PreferDualStack; RequireDualStack is re-allocated whole by `keeps`), an IP of the
+    /// missing family from the pool that holds its current IP, when it has one free.
+    fn second_family(
+        &self,
+        svc: &ServiceRequest,
+        wanted: &[Family],
+        share: &Share,
+        held: &[IpAddr],
+    ) -> Option<IpAddr> {
+        let (&[first], &[_, _]) = (held, wanted) else {
+            return None;
+        };
+        if !svc.requested_ips.is_empty() {
+            return None;
+        }
+        let missing = wanted.iter().copied().find(|f| *f != Family::of(first))?;
+        let pool = self.pools.get(self.pool_of(first)?)?;
+        // New addresses only from a pool the Service may allocate from now (a claimed IP
+        // can sit in a pool whose selectors no longer admit it).
+        let eligible = match &svc.requested_pool {
+            Some(name) => *name == pool.config.name,
+            None => pool.config.auto_assign && pool.admits(svc).is_ok(),
+        };
+        if !pool.is_ready() || !eligible {
+            return None;
+        }
+        self.pick(pool, missing, &svc.key, share, &[])
     }
 
     /// Whether the current assignment still satisfies the request (SPEC: keep a valid assignment).

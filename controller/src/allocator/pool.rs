@@ -213,7 +213,9 @@ impl Pool {
     /// Whether `serviceAllocation` limits which Services the pool serves.
     fn is_restricted(&self) -> bool {
         let c = &self.config;
-        !c.namespaces.is_empty() || !c.namespace_selectors.is_empty() || !c.service_selectors.is_empty()
+        !c.namespaces.is_empty()
+            || !c.namespace_selectors.is_empty()
+            || !c.service_selectors.is_empty()
     }
 
     /// Whether `serviceAllocation` admits the Service; `Err` says which rule excluded it.

@@ -446,11 +446,23 @@ fn restricted_pools_come_before_general_ones() {
     ranked.namespaces = vec!["other".into()];
     let mut a = with_pools(vec![general, team, ranked]);
     let ips = assign(&mut a, &mk_service("ns/s1")).unwrap();
-    assert_eq!(a.pool_of(ips[0]), Some("zzz-team"), "restricted before general");
+    assert_eq!(
+        a.pool_of(ips[0]),
+        Some("zzz-team"),
+        "restricted before general"
+    );
     let ips = assign(&mut a, &mk_service("ns/s2")).unwrap();
-    assert_eq!(a.pool_of(ips[0]), Some("aaa-general"), "then the general pool");
+    assert_eq!(
+        a.pool_of(ips[0]),
+        Some("aaa-general"),
+        "then the general pool"
+    );
     let ips = assign(&mut a, &mk_service("other/s3")).unwrap();
-    assert_eq!(a.pool_of(ips[0]), Some("zzz-ranked"), "a priority comes first");
+    assert_eq!(
+        a.pool_of(ips[0]),
+        Some("zzz-ranked"),
+        "a priority comes first"
+    );
 }
 
 #[test]
@@ -895,10 +907,14 @@ fn prefer_dual_stack_falls_back_to_the_primary_when_the_second_family_is_full() 
         Ok(ips(&["203.0.113.1", "2001:db8::1"]))
     );
     assert_eq!(assign(&mut a, &dual("ns/b")), Ok(ips(&["203.0.113.2"])));
-    // Kept with only the primary, even once an IPv6 address frees up.
+    // Once an IPv6 address frees up it gains it, keeping its IPv4 address.
     a.release(&k("ns/a"));
-    assert_eq!(assign(&mut a, &dual("ns/b")), Ok(ips(&["203.0.113.2"])));
-    // RequireDualStack for the same Service changes the request: it moves to get both.
+    assert_eq!(
+        assign(&mut a, &dual("ns/b")),
+        Ok(ips(&["203.0.113.2", "2001:db8::1"]))
+    );
+
+    // RequireDualStack for the same Service is satisfied by what it holds.
     let require = ServiceRequest {
         policy: FamilyPolicy::RequireDualStack,
         ..dual("ns/b")
@@ -1367,4 +1383,49 @@ fn errors_map_to_their_reason_names() {
     for e in &all {
         assert_eq!(format!("{e:?}").split([' ', '{']).next(), Some(e.reason()));
     }
+}
+
+/// A single-stack Service edited to PreferDualStack gains the second family from its
+/// pool, keeping the first; RequireDualStack too; a pool without the family keeps it single.
+#[test]
+fn a_service_that_becomes_dual_stack_gains_its_second_family() {
+    let mut a = with_pools(vec![
+        mk_pool("dual", 0, &["203.0.113.0/30", "2001:db8::/126"]),
+        mk_pool("v4only", 1, &["203.0.113.8/30"]),
+    ]);
+    let single = mk_service("ns/web");
+    assert_eq!(assign(&mut a, &single).unwrap(), [ip("203.0.113.0")]);
+    for policy in [
+        FamilyPolicy::PreferDualStack,
+        FamilyPolicy::RequireDualStack,
+    ] {
+        let dual = ServiceRequest {
+            families: vec![Family::V4, Family::V6],
+            policy,
+            ..single.clone()
+        };
+        assert_eq!(
+            assign(&mut a, &dual).unwrap(),
+            [ip("203.0.113.0"), ip("2001:db8::")],
+            "{policy}"
+        );
+    }
+    // Back to single stack and on again: nothing else moves, the IPv6 address returns.
+    assert_eq!(assign(&mut a, &single).unwrap(), [ip("203.0.113.0")]);
+
+    let other = ServiceRequest {
+        requested_pool: Some("v4only".into()),
+        ..mk_service("ns/legacy")
+    };
+    assert_eq!(assign(&mut a, &other).unwrap(), [ip("203.0.113.8")]);
+    let prefer = ServiceRequest {
+        families: vec![Family::V4, Family::V6],
+        policy: FamilyPolicy::PreferDualStack,
+        ..other
+    };
+    assert_eq!(
+        assign(&mut a, &prefer).unwrap(),
+        [ip("203.0.113.8")],
+        "its pool has no IPv6: it stays single-stack"
+    );
 }
