@@ -114,6 +114,9 @@ pub struct Index {
     /// Why a Service lost its IP, for the IPReleased Event of the next round.
     evicted: HashMap<ServiceKey, String>,
     written: HashMap<ServiceKey, Written>,
+    /// Each pool's last valid addresses (spec entries as written): what holders keep while
+    /// its spec is invalid, recorded in its status so a restart knows them too.
+    last_valid: HashMap<String, Vec<String>>,
     /// Which Services' cached statuses show each IP that we published (our condition
     /// proves it), to hold back a new holder until the old one's release has landed.
     shown: HashMap<IpAddr, BTreeSet<ServiceKey>>,
@@ -165,6 +168,7 @@ impl Index {
             pending: BTreeSet::new(),
             evicted: HashMap::new(),
             written: HashMap::new(),
+            last_valid: HashMap::new(),
             shown: HashMap::new(),
             deferred: HashMap::new(),
             written_pools: HashMap::new(),
@@ -215,11 +219,12 @@ impl Index {
                     self.alloc.upsert_pool(cfg);
                 }
                 Err(msg) => {
-                    // Holders keep their IPs from the last valid addresses the status
-                    // records, whatever happened to the spec while no one led.
-                    let last_valid = pool::last_valid_config(p);
-                    self.alloc
-                        .set_pool_invalid_keeping(&name_of(p), msg, last_valid);
+                    // Holders keep their IPs from the last valid addresses (remembered, or
+                    // recorded in the status), whatever happened to the spec meanwhile.
+                    let name = name_of(p);
+                    let last_valid = pool::last_valid(p, self.last_valid.get(&name))
+                        .map(|(_, addrs)| pool::last_valid_config(p, addrs));
+                    self.alloc.set_pool_invalid_keeping(&name, msg, last_valid);
                 }
             }
         }
@@ -254,13 +259,27 @@ impl Index {
         let parsed = service::parse(svc, &ns)
             .or_else(|_| service::parse(&service::without_requests(svc), &ns));
         if let Ok(parsed) = parsed {
-            // A failed claim (IP no longer in a pool, or held incompatibly by an older
-            // Service) leaves the Service to be allocated again, with an Event saying why.
-            if let Err(e) = self.alloc.claim(&parsed.request, &ips) {
+            // An IP no longer in any pool (one family of the pool shrank while no one led)
+            // goes alone: the Service keeps the others rather than losing all and being
+            // allocated anew behind younger Services.
+            let (keep, gone): (Vec<IpAddr>, Vec<IpAddr>) = ips
+                .iter()
+                .partition(|ip| self.alloc.pool_of(**ip).is_some());
+            let key = service::key_of(svc);
+            if !gone.is_empty() {
                 self.evicted.insert(
-                    service::key_of(svc),
-                    format!("{} could not be kept: {e}", join(&ips)),
+                    key.clone(),
+                    format!("{} is in no IPAddressPool any more", join(&gone)),
                 );
+            }
+            if keep.is_empty() {
+                return;
+            }
+            // A failed claim (held incompatibly by an older Service) leaves the Service to
+            // be allocated again, with an Event saying why.
+            if let Err(e) = self.alloc.claim(&parsed.request, &keep) {
+                self.evicted
+                    .insert(key, format!("{} could not be kept: {e}", join(&keep)));
             }
         }
     }
@@ -286,14 +305,18 @@ impl Index {
     pub fn apply_pool(&mut self, p: IPAddressPool) {
         let name = name_of(&p);
         self.pools.insert(name.clone(), p.clone());
+        let last_valid = pool::last_valid(&p, self.last_valid.get(&name));
+        if let Some((raw, _)) = &last_valid {
+            self.last_valid.insert(name.clone(), raw.clone());
+        }
         if !self.built {
             return;
         }
         let evicted = match pool::parse(&p) {
             Ok(cfg) => self.alloc.upsert_pool(cfg),
             Err(msg) => {
-                self.alloc
-                    .set_pool_invalid_keeping(&name, msg, pool::last_valid_config(&p))
+                let keep = last_valid.map(|(_, addrs)| pool::last_valid_config(&p, addrs));
+                self.alloc.set_pool_invalid_keeping(&name, msg, keep)
             }
         };
         self.pool_changed(evicted, &format!("its IP is no longer in pool {name}"));
@@ -302,6 +325,7 @@ impl Index {
     /// A pool was deleted.
     pub fn delete_pool(&mut self, name: &str) {
         self.pools.remove(name);
+        self.last_valid.remove(name);
         self.written_pools.remove(name);
         if !self.built {
             return;
@@ -515,6 +539,29 @@ impl Index {
                 break;
             }
         }
+        // Clear before set, judged on the round's final state (a holder reconciled later
+        // in the round may have let an IP go): while another Service's status still shows
+        // one of a Service's new IPs, its write waits for the watch to show the release,
+        // so no reader ever sees an IP on two incompatible Services.
+        updates.retain(|u| {
+            let Update::Service { key, ingress, .. } = u else {
+                return true;
+            };
+            let observed = self
+                .services
+                .get(key)
+                .map(service::status_ips)
+                .unwrap_or_default();
+            match self.shown_elsewhere(key, &observed, ingress) {
+                None => true,
+                Some(ip) => {
+                    tracing::debug!(service = %key, %ip, "waiting for the previous holder's release");
+                    self.written.remove(key);
+                    self.deferred.entry(ip).or_default().insert(key.clone());
+                    false
+                }
+            }
+        });
         updates.extend(self.pool_updates(now));
         updates.extend(self.advertisement_updates(now));
         updates
@@ -586,12 +633,21 @@ impl Index {
                 )
             }
             Err(msg) => {
-                // A bad annotation never takes an assigned IP away; it is reported.
-                let kept = self
-                    .alloc
-                    .assigned(key)
-                    .map(<[IpAddr]>::to_vec)
-                    .unwrap_or_default();
+                // A bad annotation never takes an assigned IP away; it is reported. Unless
+                // the rest of the edit (ports, sharing key, policy) makes the IP clash with
+                // its other holders: one IP is never on two incompatible Services.
+                let loosened = self.alloc.loosened();
+                let kept = match service::parse(&service::without_requests(&svc), &ns) {
+                    Ok(rest) => self.alloc.keep(&rest.request),
+                    Err(_) => self
+                        .alloc
+                        .assigned(key)
+                        .map(<[IpAddr]>::to_vec)
+                        .unwrap_or_default(),
+                };
+                if self.alloc.loosened() != loosened {
+                    self.capacity_changed();
+                }
                 let msg = if kept.is_empty() {
                     msg
                 } else {
@@ -703,14 +759,6 @@ impl Index {
         if observed == desired || self.written.get(&key) == Some(&desired) {
             return None;
         }
-        // Clear before set: while another Service's status still shows one of our new IPs
-        // (its release is being written), wait for the watch to show the release, so no
-        // reader ever sees an IP on two incompatible Services.
-        if let Some(ip) = self.shown_elsewhere(&key, &observed.ingress, &ingress) {
-            tracing::debug!(service = %key, %ip, "waiting for the previous holder's release");
-            self.deferred.entry(ip).or_default().insert(key);
-            return None;
-        }
         self.written.insert(key.clone(), desired);
         Some(Update::Service {
             key,
@@ -727,7 +775,9 @@ impl Index {
             let Some(state) = self.alloc.pool_state(name) else {
                 continue;
             };
-            let status = pool::desired_status(p, &state, self.alloc.pool_stats(name), now);
+            let last_valid = self.last_valid.get(name).cloned().unwrap_or_default();
+            let status =
+                pool::desired_status(p, &state, self.alloc.pool_stats(name), last_valid, now);
             if p.status.as_ref() == Some(&status) {
                 continue;
             }
@@ -882,6 +932,10 @@ fn creation(svc: &Service) -> i64 {
         .as_ref()
         .map_or(i64::MAX, |t| t.0.as_second())
 }
+
+#[cfg(test)]
+#[path = "index_proptests.rs"]
+mod proptests;
 
 #[cfg(test)]
 mod tests {

@@ -53,11 +53,17 @@ fn saturate(n: u128) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The addresses a pool's holders may keep: the spec's when it parses, else the last
-/// valid ones its status records (`None`: it never was valid, or the record is unusable).
-pub fn last_valid(pool: &IPAddressPool) -> Option<(Vec<String>, PoolAddresses)> {
+/// The addresses a pool's holders may keep, as the index remembers them: the spec's when
+/// it parses; else what `remembered` holds (the last valid spec this controller saw); else
+/// the last valid addresses its status records (after a restart). `None`: it never was
+/// valid, or the record is unusable.
+pub fn last_valid(
+    pool: &IPAddressPool,
+    remembered: Option<&Vec<String>>,
+) -> Option<(Vec<String>, PoolAddresses)> {
     let candidates = [
         Some(&pool.spec.addresses),
+        remembered,
         pool.status.as_ref().map(|s| &s.last_valid_addresses),
     ];
     candidates.into_iter().flatten().find_map(|raw| {
@@ -68,8 +74,7 @@ pub fn last_valid(pool: &IPAddressPool) -> Option<(Vec<String>, PoolAddresses)> 
 
 /// The allocator's stand-in for an invalid pool: its last valid addresses, so holders keep
 /// their IPs (also after a restart), and nothing else (an invalid pool allocates nothing).
-pub fn last_valid_config(pool: &IPAddressPool) -> Option<PoolConfig> {
-    let (_, addresses) = last_valid(pool)?;
+pub fn last_valid_config(pool: &IPAddressPool, addresses: PoolAddresses) -> PoolConfig {
     let mut config = PoolConfig::new(pool.metadata.name.clone().unwrap_or_default(), addresses);
     config.auto_assign = false;
     config.created = pool
@@ -77,7 +82,7 @@ pub fn last_valid_config(pool: &IPAddressPool) -> Option<PoolConfig> {
         .creation_timestamp
         .as_ref()
         .map_or(0, |t| t.0.as_second());
-    Some(config)
+    config
 }
 
 /// The status the pool should have, reusing `lastTransitionTime` of unchanged conditions.
@@ -85,6 +90,7 @@ pub fn desired_status(
     pool: &IPAddressPool,
     state: &PoolState,
     stats: Option<PoolStats>,
+    last_valid_addresses: Vec<String>,
     now: Timestamp,
 ) -> IPAddressPoolStatus {
     let old = pool.status.clone().unwrap_or_default();
@@ -151,7 +157,7 @@ pub fn desired_status(
         available_ipv4: saturate(stats.available_v4),
         available_ipv6: saturate(stats.available_v6),
         observed_generation: generation,
-        last_valid_addresses: last_valid(pool).map(|(raw, _)| raw).unwrap_or_default(),
+        last_valid_addresses,
         conditions: conds,
     }
 }
@@ -207,7 +213,7 @@ mod tests {
             available_v4: 14,
             available_v6: u128::MAX,
         };
-        let s = desired_status(&p, &PoolState::Ready, Some(stats), t0);
+        let s = desired_status(&p, &PoolState::Ready, Some(stats), vec![], t0);
         assert_eq!(
             (s.assigned_ipv4, s.available_ipv4, s.available_ipv6),
             (2, 14, i64::MAX)
@@ -218,7 +224,7 @@ mod tests {
         let mut p2 = p.clone();
         p2.status = Some(s.clone());
         let t1 = Timestamp::from_second(2_000).unwrap();
-        let s2 = desired_status(&p2, &PoolState::Ready, Some(stats), t1);
+        let s2 = desired_status(&p2, &PoolState::Ready, Some(stats), vec![], t1);
         assert_eq!(s2, s, "a resync changes nothing");
         let s3 = desired_status(
             &p2,
@@ -226,6 +232,7 @@ mod tests {
                 message: "bad".into(),
             },
             None,
+            vec![],
             t1,
         );
         let ready = s3.conditions.iter().find(|c| c.type_ == "Ready").unwrap();

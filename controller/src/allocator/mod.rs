@@ -80,7 +80,8 @@ impl Allocator {
 
     // ── pools ────────────────────────────────────────────────────────────────────────────
 
-    /// Adds or replaces a valid pool; returns the Services that lost their IP (now in no pool), sorted.
+    /// Adds or replaces a valid pool; returns the Services that lost an IP (now in no pool;
+    /// their other IPs stay held), sorted.
     pub fn upsert_pool(&mut self, config: PoolConfig) -> Vec<ServiceKey> {
         let name = config.name.clone();
         let (rebuild, shrunk) = match self.pools.get_mut(&name) {
@@ -149,7 +150,8 @@ impl Allocator {
         Vec::new()
     }
 
-    /// Forgets a pool; returns the Services that lost their IP (now in no pool), sorted.
+    /// Forgets a pool; returns the Services that lost an IP (now in no pool; their other IPs
+    /// stay held), sorted.
     pub fn remove_pool(&mut self, name: &str) -> Vec<ServiceKey> {
         if self.pools.remove(name).is_none() {
             return Vec::new();
@@ -228,18 +230,35 @@ impl Allocator {
 
     /// Releases every Service holding an IP that no pool contains any more.
     fn evict_orphans(&mut self) -> Vec<ServiceKey> {
-        let mut lost: Vec<ServiceKey> = self
+        let mut orphans: Vec<(ServiceKey, IpAddr)> = self
             .holders
             .iter()
             .filter(|(ip, _)| !self.pools.values().any(|p| p.contains(**ip)))
-            .flat_map(|(_, hs)| hs.iter().map(|h| ServiceKey::clone(h)))
+            .flat_map(|(ip, hs)| hs.iter().map(|h| (ServiceKey::clone(h), *ip)))
             .collect();
-        lost.sort();
+        orphans.sort();
+        let mut lost: Vec<ServiceKey> = orphans.iter().map(|(k, _)| k.clone()).collect();
         lost.dedup();
-        for key in &lost {
-            self.release(key);
+        // Only the orphaned IPs go: a dual-stack Service whose IPv6 address left every
+        // pool keeps its IPv4 address (the next `assign` decides whether that still serves).
+        for (key, ip) in orphans {
+            self.drop_ip(&key, ip);
         }
         lost
+    }
+
+    /// Takes one IP from a Service's holding; an emptied holding is removed.
+    fn drop_ip(&mut self, key: &ServiceKey, ip: IpAddr) {
+        let Some(holding) = self.services.get_mut(key) else {
+            return;
+        };
+        holding.ips.retain(|i| *i != ip);
+        let share_key = holding.share.key.clone();
+        if holding.ips.is_empty() {
+            self.services.remove(key);
+        }
+        self.loosened += 1;
+        self.unhold(ip, key, share_key.as_deref());
     }
 
     // ── services ─────────────────────────────────────────────────────────────────────────
@@ -306,6 +325,27 @@ impl Allocator {
     /// (requested IPs, then the named pool, then automatic). Idempotent; IPs primary first.
     pub fn assign(&mut self, svc: &ServiceRequest) -> Result<Vec<IpAddr>, AllocError> {
         self.assign_preferring(svc, &[])
+    }
+
+    /// Keeps what the Service holds if that still satisfies `svc` (pools, families,
+    /// sharing with the other holders), updating its sharing profile; else releases it.
+    /// Never allocates: for a Service whose request is in error, judged without it.
+    pub fn keep(&mut self, svc: &ServiceRequest) -> Vec<IpAddr> {
+        let Some(held) = self.services.get(&svc.key).map(|h| h.ips.clone()) else {
+            return Vec::new();
+        };
+        let share = svc.share();
+        match validate(svc) {
+            Ok(wanted) if self.keeps(svc, &wanted, &share, &held) => {
+                let ips = order_by(&held, &wanted);
+                self.update_holding(&svc.key, ips.clone(), share);
+                ips
+            }
+            _ => {
+                self.release(&svc.key);
+                Vec::new()
+            }
+        }
     }
 
     /// [`assign`](Self::assign), preferring `hint` (the IPs the Service's status still
@@ -375,10 +415,11 @@ impl Allocator {
         let pool = self.pools.get(self.pool_of(first)?)?;
         // New addresses only from a pool the Service may allocate from now (a claimed IP
         // can sit in a pool whose selectors no longer admit it).
-        let eligible = match &svc.requested_pool {
-            Some(name) => *name == pool.config.name,
-            None => pool.config.auto_assign && pool.admits(svc).is_ok(),
-        };
+        let eligible = pool.admits(svc).is_ok()
+            && match &svc.requested_pool {
+                Some(name) => *name == pool.config.name,
+                None => pool.config.auto_assign,
+            };
         if !pool.is_ready() || !eligible {
             return None;
         }
