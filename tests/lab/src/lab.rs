@@ -57,6 +57,8 @@ pub const SPEAKER_METRICS: &str = "127.0.0.1:7474";
 pub const LEASE_NAMESPACE: &str = "default";
 /// Time the lab gives freshly started speakers to hear each other's heartbeats.
 pub const SPEAKER_CONVERGE: Duration = Duration::from_secs(1);
+/// The taint kube-apiserver's admission gives a new Node until it is Ready.
+const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 /// Upper bound of one lab API call.
 const KUBE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -78,6 +80,13 @@ pub struct LabConfig {
     pub speaker_args: Vec<String>,
     /// `RUST_LOG` of the lab's processes.
     pub rust_log: String,
+}
+
+impl LabConfig {
+    /// Whether this configuration runs an external API server (see [`Lab::real_api`]).
+    pub fn real_api(&self) -> bool {
+        self.apiserver.is_some()
+    }
 }
 
 impl Default for LabConfig {
@@ -244,6 +253,16 @@ impl Lab {
         self.runtimes
             .insert("api".into(), NsRuntime::new(&self.api_host.ns, 2)?);
         self.connect_api()?;
+        let version = self.api_version("api")?;
+        eprintln!(
+            "lab: {} API server {} ({})",
+            if self.real_api() { "external" } else { "test" },
+            version.git_version,
+            api_bin.display()
+        );
+        if self.real_api() {
+            self.wait_default_namespace()?;
+        }
         self.apply_crds()?;
 
         if let Some(bin) = controller_bin {
@@ -266,7 +285,8 @@ impl Lab {
         }
 
         for n in self.nodes.clone() {
-            self.apply(&objects::node(&n.name, n.ipv4, n.ipv6))?;
+            let node = self.apply(&objects::node(&n.name, n.ipv4, n.ipv6))?;
+            self.untaint_ready_node(&node)?;
             self.runtimes
                 .insert(n.name.clone(), NsRuntime::new(&n.ns, 1)?);
         }
@@ -465,17 +485,57 @@ impl Lab {
     }
 
     fn connect_api(&mut self) -> Result<()> {
+        self.kube = Some(self.client_in("api")?);
+        Ok(())
+    }
+
+    /// A kube client from the lab's admin kubeconfig whose connections start in `role`'s
+    /// namespace (it lives on that host's runtime: use it there, e.g. through
+    /// [`Lab::run_in`]).
+    pub fn client_in(&self, role: &str) -> Result<kube::Client> {
         let path = self.kubeconfig.clone();
-        let client = self.runtime("api").run(async move {
+        self.runtime(role).run(async move {
             let kc = Kubeconfig::read_from(&path).context("read lab kubeconfig")?;
             let mut config =
                 kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
             config.connect_timeout = Some(Duration::from_secs(3));
             config.read_timeout = Some(Duration::from_secs(90));
             anyhow::Ok(kube::Client::try_from(config)?)
-        })?;
-        self.kube = Some(client);
-        Ok(())
+        })
+    }
+
+    /// The API server's `/version` as seen from `role`'s namespace, through the admin
+    /// kubeconfig (TLS and client certificate on a real server, plain HTTP on the test one).
+    pub fn api_version(&self, role: &str) -> Result<k8s_openapi::apimachinery::pkg::version::Info> {
+        let client = self.client_in(role)?;
+        self.runtime(role).run(async move {
+            tokio::time::timeout(KUBE_TIMEOUT, client.apiserver_version())
+                .await
+                .map_err(|_| anyhow!("GET /version timed out after {KUBE_TIMEOUT:?}"))?
+                .context("GET /version")
+        })
+    }
+
+    /// Waits until namespace `default` exists. A real kube-apiserver reports ready before
+    /// its bootstrap controller has created the system namespaces, and admission rejects
+    /// objects in a namespace that does not exist yet (the test server needs none).
+    fn wait_default_namespace(&self) -> Result<()> {
+        self.kube(|c| async move {
+            let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match api.get_opt("default").await {
+                    Ok(Some(_)) => return Ok(()),
+                    Ok(None) | Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Ok(None) => {
+                        bail!("namespace default not created 15 s after the API server was ready")
+                    }
+                    Err(e) => return Err(e).context("get namespace default"),
+                }
+            }
+        })
     }
 
     /// Creates the CRDs from `deploy/crds/*.yaml` (existing ones are kept) and waits until
@@ -607,6 +667,15 @@ impl Lab {
     /// The admin kubeconfig of the lab's API server (reachable only from lab namespaces).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// Whether this lab runs an external API server (`FERROLB_LAB_APISERVER`, e.g. the real
+    /// kube-apiserver through `shared/k8s/lab-apiserver`) instead of the built-in in-memory
+    /// `ferrolb-testapi`. A scenario part that needs the test server's fault injection
+    /// would run on its own lab with `apiserver: None` and print why when this is true (no
+    /// scenario needs one today: README, "On a real API server").
+    pub fn real_api(&self) -> bool {
+        self.cfg.real_api()
     }
 
     /// The API server host.
@@ -780,14 +849,18 @@ impl Lab {
         })
     }
 
-    /// Stops the API server (SIGTERM, then SIGKILL after 10 s). First refreshes the record
-    /// of the lab's objects (with status) so [`Lab::start_api`] can restore them.
+    /// Stops the API server (SIGTERM, then SIGKILL after 10 s). The in-memory test server
+    /// loses everything: first the record of the lab's objects (with status) and its
+    /// resourceVersion are refreshed so [`Lab::start_api`] can restore them. A real server
+    /// keeps its state in etcd, which `lab-apiserver` leaves running.
     pub fn stop_api(&mut self) -> Result<()> {
-        self.refresh_journal();
-        self.last_rv = self
-            .api_counts()
-            .ok()
-            .and_then(|c| c["resourceVersion"].as_u64());
+        if !self.real_api() {
+            self.refresh_journal();
+            self.last_rv = self
+                .api_counts()
+                .ok()
+                .and_then(|c| c["resourceVersion"].as_u64());
+        }
         let mut p = self
             .api
             .take()
@@ -798,8 +871,11 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts the API server again; a fresh (in-memory) server gets the CRDs and every
-    /// object the lab wrote, with the last status seen (as a restored etcd would hold them).
+    /// Starts the API server again and waits until it serves the CRDs. A real server finds
+    /// every object (status, resourceVersions) in the etcd it restarts on. A fresh
+    /// in-memory server gets the CRDs and every object the lab wrote, with the last status
+    /// seen (as a restored etcd would hold them), and its resourceVersion is moved past the
+    /// old server's so watchers resume instead of waiting for a "future" version.
     pub fn start_api(&mut self) -> Result<()> {
         if self.api.is_some() {
             bail!("API server already running");
@@ -811,10 +887,13 @@ impl Lab {
         self.api = Some(self.start_api_process(&bin)?);
         self.connect_api()?;
         self.apply_crds()?;
+        if self.real_api() {
+            return Ok(());
+        }
         self.replay_journal()?;
         match self.last_rv.take() {
-            Some(rv) if self.cfg.apiserver.is_none() => self.advance_rv(rv),
-            _ => Ok(()),
+            Some(rv) => self.advance_rv(rv),
+            None => Ok(()),
         }
     }
 
@@ -890,8 +969,12 @@ impl Lab {
         })
     }
 
-    /// Write counters of the built-in test API server (`/_testapi/counts`).
+    /// Write counters of the built-in test API server (`/_testapi/counts`); an error on
+    /// an external API server, which has no such endpoint (see [`Lab::write_requests`]).
     pub fn api_counts(&self) -> Result<Value> {
+        if self.real_api() {
+            bail!("/_testapi/counts needs the test API server; this lab runs an external one");
+        }
         let (code, body) = self.http_get(
             "api",
             API_ADDR.parse().expect("addr"),
@@ -902,6 +985,26 @@ impl Lab {
             bail!("/_testapi/counts answered {code}: the API server has no test counters");
         }
         Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Write requests the API server has answered so far, also those that changed nothing,
+    /// by kind: on the test server its counters by verb (`create`, `update`, `patch`,
+    /// `delete`); on a real kube-apiserver its `apiserver_request_total` by
+    /// `VERB resource[/subresource]`, which also counts the server's own few writes (its
+    /// identity Lease, every 10 s). Subtract two readings to count a window.
+    pub fn write_requests(&self) -> Result<BTreeMap<String, u64>> {
+        if !self.real_api() {
+            let c = self.api_counts()?;
+            return Ok(["create", "update", "patch", "delete"]
+                .into_iter()
+                .map(|k| (k.to_string(), c[k].as_u64().unwrap_or(0)))
+                .collect());
+        }
+        let text = self.kube(|c| async move {
+            let req = kube::core::Request::new("").get("metrics", &Default::default())?;
+            c.request_text(req).await.context("GET /metrics")
+        })?;
+        Ok(write_request_counts(&text))
     }
 
     /// A speaker's metric value: the first line of its `/metrics` starting with `series`
@@ -1337,6 +1440,28 @@ impl Lab {
         self.delete::<Service>(Some(&svc.namespace), &svc.name)
     }
 
+    /// Removes the `node.kubernetes.io/not-ready` taint a real kube-apiserver's admission
+    /// (TaintNodesByCondition) puts on every new Node: in a cluster the node lifecycle
+    /// controller lifts it once the kubelet reports Ready, and the lab's Nodes are Ready.
+    fn untaint_ready_node(&self, node: &Node) -> Result<()> {
+        let taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        let keep: Vec<_> = taints
+            .iter()
+            .filter(|t| t.key != NOT_READY_TAINT)
+            .cloned()
+            .collect();
+        if keep.len() == taints.len() {
+            return Ok(());
+        }
+        let keep = (!keep.is_empty()).then_some(keep);
+        self.patch::<Node>(None, &node.name_any(), json!({"spec": {"taints": keep}}))
+            .map(drop)
+    }
+
     /// Sets (`Some`) or removes (`None`) a label on a Node.
     pub fn label_node(&self, node: &str, key: &str, value: Option<&str>) -> Result<()> {
         self.patch::<Node>(None, node, json!({"metadata": {"labels": {key: value}}}))
@@ -1585,6 +1710,46 @@ pub fn ingress_ips(s: &Service) -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
+/// The write requests in kube-apiserver's `/metrics`: `apiserver_request_total` summed
+/// over codes per `VERB resource[/subresource]`, for the verbs that write.
+fn write_request_counts(metrics: &str) -> BTreeMap<String, u64> {
+    const WRITES: [&str; 6] = [
+        "POST",
+        "PUT",
+        "PATCH",
+        "APPLY",
+        "DELETE",
+        "DELETECOLLECTION",
+    ];
+    let mut out = BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split("\",")
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"'))
+                .unwrap_or("")
+        };
+        let verb = label("verb");
+        if !WRITES.contains(&verb) {
+            continue;
+        }
+        let mut what = format!("{verb} {}", label("resource"));
+        if !label("subresource").is_empty() {
+            what = format!("{what}/{}", label("subresource"));
+        }
+        let n = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        *out.entry(what).or_default() += n;
+    }
+    out
+}
+
 /// Where the generated CRD manifests live.
 pub fn crds_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds")
@@ -1691,6 +1856,22 @@ mod tests {
             dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
             "hello world"
         );
+    }
+
+    #[test]
+    fn counts_write_requests_in_apiserver_metrics() {
+        let m = r#"# TYPE apiserver_request_total counter
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="services",scope="resource",subresource="status",verb="PATCH",version="v1"} 5
+apiserver_request_total{code="409",component="apiserver",dry_run="",group="",resource="services",scope="resource",subresource="status",verb="PATCH",version="v1"} 2
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="coordination.k8s.io",resource="leases",scope="resource",subresource="",verb="POST",version="v1"} 1
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="services",scope="cluster",subresource="",verb="LIST",version="v1"} 9
+apiserver_request_total{code="0",component="apiserver",dry_run="",group="",resource="services",scope="cluster",subresource="",verb="WATCH",version="v1"} 3
+apiserver_request_duration_seconds_count{verb="PATCH"} 7
+"#;
+        let c = write_request_counts(m);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(c["PATCH services/status"], 7);
+        assert_eq!(c["POST leases"], 1);
     }
 
     #[test]
