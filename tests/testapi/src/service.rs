@@ -115,6 +115,35 @@ fn typed_condition(c: &Value) -> Value {
     Value::Object(out)
 }
 
+/// Spec rules of a Service that FerroLB's tests run into: `spec.loadBalancerClass` only on
+/// type LoadBalancer (the real server answers 422 Forbidden).
+pub(crate) fn validate_spec(svc: &Value) -> Vec<Cause> {
+    let class = svc
+        .pointer("/spec/loadBalancerClass")
+        .filter(|c| !c.is_null());
+    if class.is_some() && service_type(svc) != "LoadBalancer" {
+        return vec![Cause::forbidden(
+            "spec.loadBalancerClass",
+            "may only be used when `type` is 'LoadBalancer'",
+        )];
+    }
+    Vec::new()
+}
+
+/// An events.k8s.io Event's `note` is at most 1 KB (the real server answers 422, and the
+/// Event is lost: FerroLB cuts its notes to fit).
+pub(crate) fn validate_event(ev: &Value) -> Vec<Cause> {
+    match ev.get("note").and_then(Value::as_str) {
+        // The real server names the field by its internal name, `message`.
+        Some(note) if note.len() > 1024 => vec![Cause::invalid(
+            "message",
+            &Value::String(String::new()),
+            "can have at most 1024 characters",
+        )],
+        _ => Vec::new(),
+    }
+}
+
 /// `ValidateLoadBalancerStatus`: every failure of a (normalized) Service's ingress list.
 pub(crate) fn validate_status(svc: &Value) -> Vec<Cause> {
     let Some(ingress) = svc
@@ -406,5 +435,26 @@ mod tests {
         assert_eq!(e.to_status()["details"]["causes"][0]["field"], "patch");
         let e = decode_error(&s, false).unwrap();
         assert_eq!((e.code, e.reason), (400, "BadRequest"));
+    }
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_class_only_on_load_balancers() {
+        let lb = json!({"spec": {"type": "LoadBalancer", "loadBalancerClass": "x/y"}});
+        assert!(validate_spec(&lb).is_empty());
+        let cip = json!({"spec": {"type": "ClusterIP", "loadBalancerClass": "x/y"}});
+        assert_eq!(validate_spec(&cip).len(), 1);
+        assert!(validate_spec(&json!({"spec": {}})).is_empty());
+    }
+
+    #[test]
+    fn event_notes_fit_in_1_kb() {
+        assert!(validate_event(&json!({"note": "x".repeat(1024)})).is_empty());
+        assert_eq!(validate_event(&json!({"note": "x".repeat(1025)})).len(), 1);
     }
 }

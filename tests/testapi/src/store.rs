@@ -661,7 +661,8 @@ impl Store {
 
     /// What the real server does to a written object before storing it, for the kinds
     /// where FerroLB depends on it: Service status rules (`service`) and the schema of a
-    /// registered CRD (`schema`). `new` is the composed object; `old` is `None` on create.
+    /// registered CRD (`schema`), `spec.loadBalancerClass` and Event note sizes. `new` is
+    /// the composed object; `old` is `None` on create.
     /// Simplification: no other kind is defaulted or validated beyond metadata.
     fn admit(
         &self,
@@ -685,9 +686,14 @@ impl Store {
                 }
                 service::normalize_status(new);
                 causes = service::validate_status(new);
-            } else if old.is_some() {
-                service::clear_lb_status_unless_lb(new);
+            } else {
+                causes = service::validate_spec(new);
+                if old.is_some() {
+                    service::clear_lb_status_unless_lb(new);
+                }
             }
+        } else if p.gvr.group == "events.k8s.io" && p.gvr.plural == "events" {
+            causes = service::validate_event(new);
         } else if let Some(schema) = self.crd_schema(&p.gvr) {
             schema::prune_and_default(schema, new);
             causes = schema::validate(schema, new, status_write);

@@ -249,6 +249,25 @@ fn conversation(n: &Names) -> Vec<Step> {
             n.svcs(),
             json!({"metadata": {"name": "cip"}, "spec": {"ports": [{"port": 80}]}}),
         ),
+        Step::post(
+            "loadBalancerClass on a ClusterIP Service",
+            n.svcs(),
+            json!({"metadata": {"name": "cip-class"},
+                   "spec": {"ports": [{"port": 80}], "loadBalancerClass": "ferrolb.io/ferrolb"}}),
+        )
+        .invalid(&[("spec.loadBalancerClass", "FieldValueForbidden")]),
+        Step::post(
+            "Event with a note over 1 KB",
+            format!("/apis/events.k8s.io/v1/namespaces/{}/events", n.ns),
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                   "metadata": {"name": "long-note"},
+                   "eventTime": "2026-12-05T12:00:00.000000Z",
+                   "reportingController": "ferrolb.io/test", "reportingInstance": "test",
+                   "action": "Allocate", "reason": "Test", "type": "Normal",
+                   "note": "x".repeat(1100),
+                   "regarding": {"kind": "Service", "namespace": n.ns, "name": "lb", "apiVersion": "v1"}}),
+        )
+        .invalid(&[("message", "FieldValueInvalid")]),
         Step::get("get the Service", n.svc("lb")).at("/spec/type", json!("LoadBalancer")),
         Step::merge(
             "controller: ingress + condition, resourceVersion precondition",
