@@ -9,11 +9,11 @@ build: ## Build every binary (controller, speaker, test API server, lab)
 	$(CARGO) build --workspace --bins
 
 # `make test` is self-contained: every API server it talks to is the embedded test API
-# server (KUBECONFIG is ignored), and the one test that needs a real server is left to
+# server (KUBECONFIG is ignored), and the tests that need a real server are left to
 # `make test-k8s`.
 test: build ## The full suite: unit, integration and the netns lab (lab needs root)
 	env -u KUBECONFIG $(CARGO) nextest run --workspace --no-fail-fast \
-		-E 'not test(differential_against_real_server)'
+		-E 'not test(differential_against_real_server) and not test(leader_chaos_on_real_server)'
 
 test-k8s: build ## The suite against a real kube-apiserver: install, controller, differential, lab (root)
 	tests/k8s/suite

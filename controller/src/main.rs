@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use ferrolb_controller::{Config, index::Index, lease::Timing, metrics::Metrics};
+use ferrolb_controller::lease::{Fence, Timing};
+use ferrolb_controller::{Clients, Config, index::Index, metrics::Metrics};
 use ferrolb_ops::{Health, LogArgs};
 
 /// Allocates external IPs for LoadBalancer Services from FerroLB IPAddressPools.
@@ -70,6 +71,10 @@ async fn main() -> anyhow::Result<()> {
         },
     };
     let client = ferrolb_ops::client().await?;
+    // Status writes go through a transport that refuses to send once the lease is not
+    // valid by local time, so a frozen-then-resumed leader sends nothing stale.
+    let fence = Arc::new(Fence::default());
+    let writes = ferrolb_ops::client::fenced_client(fence.gate()).await?;
     if !args.liveness_secret.is_empty() {
         // Not fatal: speakers wait for the Secret, and the next start retries.
         if let Err(e) = ferrolb_controller::secret::ensure(
@@ -96,5 +101,10 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     });
-    ferrolb_controller::run(client, config, index, metrics, health, stop_rx).await
+    let clients = Clients {
+        api: client,
+        writes,
+        fence,
+    };
+    ferrolb_controller::run_with(clients, config, index, metrics, health, stop_rx).await
 }

@@ -1,7 +1,21 @@
 //! Applies the index's [`Update`]s to the API server (the imperative shell): status
 //! patches with optimistic concurrency, retries, and Events once a write has landed.
+//!
+//! ```text
+//!   Update ──Fence::begin──▶ Permit ──▶ for every API call: Permit::check(now) ─▶ call (deadline)
+//!                 │ refused: NotLeader | Expired | Closing ──▶ Error::Fenced (retried next term)
+//! ```
+//!
+//! Only the leader writes, fenced (SPEC §6): an update starts only while this replica's
+//! lease is valid by local time ([`crate::lease`]), and every call of it — each read, patch,
+//! retry and Event — checks again right before it is sent, so a write decided before a
+//! freeze (SIGSTOP) is dropped after it. A call is abandoned when the lease it was sent
+//! under could be someone else's, and at [`CALL_TIMEOUT`] in any case.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use ferrolb_crds::{IPAddressPool, L2Advertisement, conditions};
 use k8s_openapi::api::core::v1::Service;
@@ -10,20 +24,66 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use crate::index::{EventSpec, Update};
+use crate::lease::{Fence, Permit, Refused, Timing};
 use crate::metrics::Metrics;
-use ferrolb_ops::retry::{Class, classify, metric_label, with_backoff};
+use ferrolb_ops::retry::{Class, Classify, classify, metric_label, with_backoff};
 
 /// The field manager FerroLB's controller writes as.
 pub const MANAGER: &str = "ferrolb-controller";
 
-/// Writes updates and records Events.
+/// The longest wait for one API call of the writer.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an update was not (fully) written; every kind is retried at a later round.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Not sent: this replica may not write now (not leading, lease not renewed in time,
+    /// or shutting down). Retried when it leads again.
+    #[error("not written: {0}")]
+    Fenced(#[from] Refused),
+    /// No answer in time; the write may or may not have landed. Retried (the next round
+    /// compares with what the watch shows).
+    #[error("no answer from the API server within {0:?}")]
+    Timeout(Duration),
+    /// The API server's error (retryable or not: [`classify`]).
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+}
+
+impl Error {
+    /// A short label for the `ferrolb_api_errors_total` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Fenced(_) => "fenced",
+            Error::Timeout(_) => "timeout",
+            Error::Api(e) => metric_label(e),
+        }
+    }
+}
+
+impl Classify for Error {
+    fn class(&self) -> Class {
+        match self {
+            Error::Api(e) => classify(e),
+            // Fenced stays fenced until a renewal; a timed-out write is not resent blindly.
+            Error::Fenced(_) | Error::Timeout(_) => Class::Permanent,
+        }
+    }
+}
+
+/// Writes updates and records Events, only while the fence allows.
 #[derive(Clone)]
 pub struct Writer {
     client: Client,
-    recorder: std::sync::Arc<Recorder>,
+    recorder: Arc<Recorder>,
     metrics: Metrics,
+    fence: Arc<Fence>,
+    /// How long after the end of the tenure the lease itself lasts (lease duration − renew
+    /// deadline): a call still unanswered then is abandoned.
+    grace: Duration,
 }
 
 /// The status patch for a Service: our ingress and our condition merged into `current`'s
@@ -53,22 +113,64 @@ pub fn service_patch(current: &Service, ingress: &[IpAddr], cond: Option<&Condit
 }
 
 impl Writer {
-    /// A writer reporting Events as `ferrolb-controller` / `instance`.
-    pub fn new(client: Client, instance: String, metrics: Metrics) -> Self {
+    /// A writer reporting Events as `ferrolb-controller` / `instance`, writing only while
+    /// `fence` allows. `client` should be bound to the same fence
+    /// (`ferrolb_ops::client::fenced_client(fence.gate())`).
+    pub fn new(
+        client: Client,
+        instance: String,
+        metrics: Metrics,
+        fence: Arc<Fence>,
+        timing: &Timing,
+    ) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: Some(instance),
         };
         Self {
-            recorder: std::sync::Arc::new(Recorder::new(client.clone(), reporter)),
+            recorder: Arc::new(Recorder::new(client.clone(), reporter)),
             client,
             metrics,
+            fence,
+            grace: timing.lease_duration.saturating_sub(timing.renew_deadline),
+        }
+    }
+
+    /// One API call of an update: checked against the fence right before it is made, and
+    /// abandoned at its deadline.
+    async fn call<T, Fut>(&self, permit: &Permit, call: impl FnOnce() -> Fut) -> Result<T, Error>
+    where
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        let now = Instant::now();
+        permit.check(now)?;
+        let limit = permit
+            .valid_until()
+            .map_or(now, |until| until + self.grace)
+            .min(now + CALL_TIMEOUT);
+        // The request is built and sent only once polled, right here after the check.
+        match tokio::time::timeout_at(limit, call()).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::Timeout(limit - now)),
         }
     }
 
     /// Applies one update; the error means the index should retry it later.
-    pub async fn apply(&self, update: &Update) -> Result<(), kube::Error> {
-        let r = match update {
+    pub async fn apply(&self, update: &Update) -> Result<(), Error> {
+        let r = self.apply_fenced(update).await;
+        if let Err(e) = &r {
+            self.metrics.api_error(e.metric_label());
+        }
+        match r {
+            // The object is gone: nothing to write, and its deletion event is on the way.
+            Err(Error::Api(e)) if classify(&e) == Class::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn apply_fenced(&self, update: &Update) -> Result<(), Error> {
+        let permit = self.fence.begin(Instant::now())?;
+        match update {
             Update::Service {
                 key,
                 resource_version,
@@ -78,6 +180,7 @@ impl Writer {
             } => {
                 let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
                 self.write_service(
+                    &permit,
                     &api,
                     &key.name,
                     resource_version.as_deref(),
@@ -85,8 +188,8 @@ impl Writer {
                     condition.as_ref(),
                 )
                 .await?;
-                if let Some(svc) = api.get_opt(&key.name).await.ok().flatten() {
-                    self.record(&svc.object_ref(&()), events).await;
+                if let Ok(Some(svc)) = self.call(&permit, || api.get_opt(&key.name)).await {
+                    self.record(&permit, &svc.object_ref(&()), events).await;
                 }
                 Ok(())
             }
@@ -100,8 +203,11 @@ impl Writer {
                     PatchParams::default(),
                     Patch::Merge(json!({"status": status})),
                 );
-                let pool = with_backoff(5, || api.patch_status(name, &pp, &patch)).await?;
-                self.record(&pool.object_ref(&()), events).await;
+                let pool = with_backoff(5, || {
+                    self.call(&permit, || api.patch_status(name, &pp, &patch))
+                })
+                .await?;
+                self.record(&permit, &pool.object_ref(&()), events).await;
                 Ok(())
             }
             Update::Advertisement {
@@ -114,36 +220,32 @@ impl Writer {
                     PatchParams::default(),
                     Patch::Merge(json!({"status": status})),
                 );
-                let adv = with_backoff(5, || api.patch_status(name, &pp, &patch)).await?;
-                self.record(&adv.object_ref(&()), events).await;
+                let adv = with_backoff(5, || {
+                    self.call(&permit, || api.patch_status(name, &pp, &patch))
+                })
+                .await?;
+                self.record(&permit, &adv.object_ref(&()), events).await;
                 Ok(())
             }
-        };
-        if let Err(e) = &r {
-            self.metrics.api_error(metric_label(e));
-        }
-        match r {
-            // The object is gone: nothing to write, and its deletion event is on the way.
-            Err(e) if classify(&e) == Class::NotFound => Ok(()),
-            other => other,
         }
     }
 
     /// Patches the Service status; on a 409 re-reads it and merges again (3 tries).
     async fn write_service(
         &self,
+        permit: &Permit,
         api: &Api<Service>,
         name: &str,
         resource_version: Option<&str>,
         ingress: &[IpAddr],
         cond: Option<&Condition>,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<(), Error> {
         let params = PatchParams::default();
         let mut current: Option<Service> = None;
         for attempt in 0.. {
             let base = match current.take() {
                 Some(s) => s,
-                None => with_backoff(5, || api.get(name)).await?,
+                None => with_backoff(5, || self.call(permit, || api.get(name))).await?,
             };
             if attempt == 0
                 && resource_version.is_some()
@@ -155,9 +257,13 @@ impl Writer {
                 );
             }
             let patch = Patch::Merge(service_patch(&base, ingress, cond));
-            match with_backoff(5, || api.patch_status(name, &params, &patch)).await {
+            let patched = with_backoff(5, || {
+                self.call(permit, || api.patch_status(name, &params, &patch))
+            })
+            .await;
+            match patched {
                 Ok(_) => return Ok(()),
-                Err(e) if classify(&e) == Class::Conflict && attempt < 3 => {
+                Err(Error::Api(e)) if classify(&e) == Class::Conflict && attempt < 3 => {
                     self.metrics.api_error("conflict");
                     tracing::debug!(service = name, "status conflict; re-reading");
                 }
@@ -169,6 +275,7 @@ impl Writer {
 
     async fn record(
         &self,
+        permit: &Permit,
         reference: &k8s_openapi::api::core::v1::ObjectReference,
         events: &[EventSpec],
     ) {
@@ -184,8 +291,14 @@ impl Writer {
                 action: "Allocate".into(),
                 secondary: None,
             };
-            if let Err(e) = self.recorder.publish(&event, reference).await {
+            let published = self
+                .call(permit, || self.recorder.publish(&event, reference))
+                .await;
+            if let Err(e) = published {
                 tracing::warn!(error = %e, reason = %ev.reason, "cannot record event");
+                if matches!(e, Error::Fenced(_)) {
+                    return;
+                }
             }
         }
     }

@@ -111,7 +111,11 @@ mod note_tests {
         assert_eq!(event_note("short"), "short");
         let exact = "x".repeat(MAX_EVENT_NOTE);
         assert_eq!(event_note(&exact), exact);
-        for long in ["y".repeat(5000), "é".repeat(900), format!("a{}", "€".repeat(400))] {
+        for long in [
+            "y".repeat(5000),
+            "é".repeat(900),
+            format!("a{}", "€".repeat(400)),
+        ] {
             let n = event_note(&long);
             assert!(n.len() <= MAX_EVENT_NOTE, "{} bytes", n.len());
             assert!(n.ends_with('…'));

@@ -5,11 +5,15 @@
 //!   binary ──▶ init_logging(--log-format, --log-level)
 //!          ──▶ serve(addr, registry, health) ── GET /metrics │ /healthz │ /readyz
 //!          ──▶ retry::with_backoff(..)  (5xx, 429, transport: back off; 409: caller re-reads)
+//!          ──▶ watch::watch(api, config)  (watcher: 410 re-lists at once, backoff capped at 5 s)
+//!          ──▶ client::fenced_client(gate)  (a writer's client: no byte leaves once gate() is false)
 //! ```
 
+pub mod client;
 pub mod conditions;
 pub mod relist;
 pub mod retry;
+pub mod watch;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -30,6 +30,19 @@ pub fn classify(e: &kube::Error) -> Class {
     }
 }
 
+/// An error that knows how it should be handled (so callers with their own error types,
+/// e.g. a fenced writer's "not the leader", can use [`with_backoff`]).
+pub trait Classify {
+    /// What to do about this error.
+    fn class(&self) -> Class;
+}
+
+impl Classify for kube::Error {
+    fn class(&self) -> Class {
+        classify(self)
+    }
+}
+
 /// A short label for the `ferrolb_api_errors_total` metric.
 pub fn metric_label(e: &kube::Error) -> &'static str {
     match classify(e) {
@@ -42,17 +55,18 @@ pub fn metric_label(e: &kube::Error) -> &'static str {
 
 /// Runs `call` until it succeeds or fails with a non-transient error, backing off
 /// exponentially (100 ms doubling, capped at 3.2 s) for at most `attempts` tries.
-pub async fn with_backoff<T, F, Fut>(attempts: u32, mut call: F) -> Result<T, kube::Error>
+pub async fn with_backoff<T, E, F, Fut>(attempts: u32, mut call: F) -> Result<T, E>
 where
+    E: Classify + std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, kube::Error>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut delay = Duration::from_millis(100);
     let mut tries = 0;
     loop {
         tries += 1;
         match call().await {
-            Err(e) if classify(&e) == Class::Transient && tries < attempts => {
+            Err(e) if e.class() == Class::Transient && tries < attempts => {
                 tracing::debug!(error = %e, ?delay, "transient API error; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_millis(3200));

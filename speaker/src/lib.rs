@@ -33,7 +33,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
@@ -256,31 +255,25 @@ pub async fn run(
 
     let wc = watcher::Config::default();
     let changes = stream::select_all([
-        watcher::watcher(Api::<Node>::all(client.clone()), wc.clone())
-            .default_backoff()
+        ferrolb_ops::watch::watch(Api::<Node>::all(client.clone()), wc.clone())
             .map(|r| r.map(Change::Node))
             .boxed(),
-        watcher::watcher(Api::<Service>::all(client.clone()), wc.clone())
-            .default_backoff()
+        ferrolb_ops::watch::watch(Api::<Service>::all(client.clone()), wc.clone())
             .map(|r| r.map(Change::Service))
             .boxed(),
-        watcher::watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone())
-            .default_backoff()
+        ferrolb_ops::watch::watch(Api::<EndpointSlice>::all(client.clone()), wc.clone())
             .map(|r| r.map(Change::Slice))
             .boxed(),
-        watcher::watcher(Api::<IPAddressPool>::all(client.clone()), wc.clone())
-            .default_backoff()
+        ferrolb_ops::watch::watch(Api::<IPAddressPool>::all(client.clone()), wc.clone())
             .map(|r| r.map(Change::Pool))
             .boxed(),
-        watcher::watcher(Api::<L2Advertisement>::all(client.clone()), wc.clone())
-            .default_backoff()
+        ferrolb_ops::watch::watch(Api::<L2Advertisement>::all(client.clone()), wc.clone())
             .map(|r| r.map(Change::Advertisement))
             .boxed(),
-        watcher::watcher(
+        ferrolb_ops::watch::watch(
             Api::<Lease>::namespaced(client.clone(), &config.lease_namespace),
             wc,
         )
-        .default_backoff()
         .map(|r| r.map(Change::Lease))
         .boxed(),
     ]);
