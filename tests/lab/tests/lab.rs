@@ -479,13 +479,12 @@ fn api_frozen_30s_changes_nothing() {
 }
 
 /// How long after an API server outage the controller and speakers may take to see a new
-/// change: their watchers back off (kube-runtime's default: doubling up to 30 s, plus up to
-/// 100 % jitter), so after a 30 s outage a watcher may sleep up to 60 s before it tries the
-/// new server; a real kube-apiserver then answers the resumed watch with 410 Expired (its
-/// watch cache starts at the current etcd revision), and that error costs one more step
-/// before the re-list. (The restarted test server continues the resourceVersion sequence,
-/// so its resumed watches succeed.)
-const WATCH_RECOVERY: Duration = Duration::from_secs(150);
+/// change. Their watchers back off at most 5 s (`ferrolb_ops::watch`), and a real
+/// kube-apiserver's 410 Expired on the resumed watches (its watch cache starts at the
+/// current etcd revision) re-lists at once. With kube-runtime's default backoff (cap 30 s,
+/// full jitter, 410 counted as a failure) this took up to ~2 min on a real server; this
+/// bound fails that.
+const WATCH_RECOVERY: Duration = Duration::from_secs(20);
 
 /// The API server stops for 30 s (SIGTERM) and starts again — on a real server on its kept
 /// etcd data, on the test server restored by the lab: nothing moves meanwhile or after,
