@@ -52,6 +52,11 @@ pub enum Update {
         ingress: Vec<IpAddr>,
         /// Our `ferrolb.io/IPAllocated` condition; `None` removes it (Service no longer ours).
         condition: Option<Condition>,
+        /// The Service's whole condition list to write: the one the decision was made on,
+        /// with ours replaced (others', such as the speakers', kept as they were).
+        conditions: Vec<Condition>,
+        /// The Service's UID, for the Events' reference.
+        uid: Option<String>,
         /// Events to record once written.
         events: Vec<EventSpec>,
     },
@@ -760,11 +765,22 @@ impl Index {
             return None;
         }
         self.written.insert(key.clone(), desired);
+        let old = svc
+            .status
+            .as_ref()
+            .and_then(|st| st.conditions.clone())
+            .unwrap_or_default();
         Some(Update::Service {
             key,
             resource_version: rv(&svc.metadata),
             ingress,
+            conditions: ferrolb_ops::conditions::replace(
+                &old,
+                conditions::IP_ALLOCATED,
+                cond.clone(),
+            ),
             condition: cond,
+            uid: svc.metadata.uid.clone(),
             events,
         })
     }
@@ -1103,6 +1119,8 @@ mod tests {
             resource_version: None,
             ingress: vec!["203.0.113.2".parse().unwrap()],
             condition: None,
+            conditions: vec![],
+            uid: None,
             events: vec![],
         };
         i.reset_services(vec![written(&mk_service("a", 1), &u, "3")]);
@@ -1170,6 +1188,8 @@ mod tests {
                 resource_version: None,
                 ingress: vec!["203.0.113.2".parse().unwrap()],
                 condition: None,
+                conditions: vec![],
+                uid: None,
                 events: vec![],
             };
             written(&s, &u, "5")
@@ -1519,5 +1539,48 @@ mod tests {
         i.apply_namespace(mk_namespace("late", &[("team", "a")]));
         let got = settle(&mut i, 20);
         assert_eq!(got["web"], ips(&["203.0.113.8"]));
+    }
+
+    /// The write carries the decision's resourceVersion and the whole condition list of
+    /// the object the decision was made on, ours replaced and the speakers' kept.
+    #[test]
+    fn an_update_keeps_other_writers_conditions_and_the_decision_version() {
+        let mut svc = mk_service("a", 1);
+        svc.metadata.resource_version = Some("7".into());
+        svc.metadata.uid = Some("u-a".into());
+        let theirs = Condition {
+            type_: ferrolb_crds::conditions::ANNOUNCED.into(),
+            status: "True".into(),
+            reason: "Announced".into(),
+            message: "node1".into(),
+            observed_generation: None,
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(1)),
+        };
+        svc.status = Some(ServiceStatus {
+            conditions: Some(vec![theirs.clone()]),
+            ..Default::default()
+        });
+        let mut i = leading(vec![mk_pool("p", &["203.0.113.0/30"])], vec![svc]);
+        let us = i.reconcile(t(10));
+        let Update::Service {
+            resource_version,
+            conditions,
+            uid,
+            ..
+        } = service_updates(&us)[0]
+        else {
+            unreachable!()
+        };
+        assert_eq!(resource_version.as_deref(), Some("7"));
+        assert_eq!(uid.as_deref(), Some("u-a"));
+        let types: Vec<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                ferrolb_crds::conditions::ANNOUNCED,
+                conditions::IP_ALLOCATED
+            ]
+        );
+        assert_eq!(conditions[0], theirs);
     }
 }

@@ -17,8 +17,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrolb_crds::{IPAddressPool, L2Advertisement, conditions};
-use k8s_openapi::api::core::v1::Service;
+use ferrolb_crds::{IPAddressPool, L2Advertisement};
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -86,15 +86,16 @@ pub struct Writer {
     grace: Duration,
 }
 
-/// The status patch for a Service: our ingress and our condition merged into `current`'s
-/// conditions (others' conditions are kept). Carries `current`'s resourceVersion.
-pub fn service_patch(current: &Service, ingress: &[IpAddr], cond: Option<&Condition>) -> Value {
-    let old = current
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.clone())
-        .unwrap_or_default();
-    let conds = ferrolb_ops::conditions::replace(&old, conditions::IP_ALLOCATED, cond.cloned());
+/// The status patch for a Service: our ingress, and its whole condition list (ours
+/// replaced, others' as the decision saw them), on the resourceVersion the decision was
+/// made on. The API server refuses it (409) if the Service changed since, or was deleted
+/// and re-created: the index then decides again from the newer object, never writing a
+/// stale decision onto it.
+pub fn service_patch(
+    resource_version: Option<&str>,
+    ingress: &[IpAddr],
+    conditions: &[Condition],
+) -> Value {
     let ingress: Value = if ingress.is_empty() {
         Value::Null
     } else {
@@ -104,12 +105,24 @@ pub fn service_patch(current: &Service, ingress: &[IpAddr], cond: Option<&Condit
             .collect()
     };
     json!({
-        "metadata": {"resourceVersion": current.metadata.resource_version},
+        "metadata": {"resourceVersion": resource_version},
         "status": {
             "loadBalancer": {"ingress": ingress},
-            "conditions": if conds.is_empty() { Value::Null } else { json!(conds) },
+            "conditions": if conditions.is_empty() { Value::Null } else { json!(conditions) },
         }
     })
+}
+
+/// The reference of a Service's Events, without reading it back.
+fn service_ref(key: &crate::allocator::ServiceKey, uid: Option<&str>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        namespace: Some(key.namespace.clone()),
+        name: Some(key.name.clone()),
+        uid: uid.map(str::to_owned),
+        ..Default::default()
+    }
 }
 
 impl Writer {
@@ -175,22 +188,26 @@ impl Writer {
                 key,
                 resource_version,
                 ingress,
-                condition,
+                conditions,
+                uid,
                 events,
+                ..
             } => {
+                // One call per decision: no read before (the patch carries the decision's
+                // resourceVersion) and none after (the Events' reference is built).
                 let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
-                self.write_service(
-                    &permit,
-                    &api,
-                    &key.name,
+                let patch = Patch::Merge(service_patch(
                     resource_version.as_deref(),
                     ingress,
-                    condition.as_ref(),
-                )
+                    conditions,
+                ));
+                let params = PatchParams::default();
+                with_backoff(5, || {
+                    self.call(&permit, || api.patch_status(&key.name, &params, &patch))
+                })
                 .await?;
-                if let Ok(Some(svc)) = self.call(&permit, || api.get_opt(&key.name)).await {
-                    self.record(&permit, &svc.object_ref(&()), events).await;
-                }
+                self.record(&permit, &service_ref(key, uid.as_deref()), events)
+                    .await;
                 Ok(())
             }
             Update::Pool {
@@ -230,49 +247,6 @@ impl Writer {
         }
     }
 
-    /// Patches the Service status; on a 409 re-reads it and merges again (3 tries).
-    async fn write_service(
-        &self,
-        permit: &Permit,
-        api: &Api<Service>,
-        name: &str,
-        resource_version: Option<&str>,
-        ingress: &[IpAddr],
-        cond: Option<&Condition>,
-    ) -> Result<(), Error> {
-        let params = PatchParams::default();
-        let mut current: Option<Service> = None;
-        for attempt in 0.. {
-            let base = match current.take() {
-                Some(s) => s,
-                None => with_backoff(5, || self.call(permit, || api.get(name))).await?,
-            };
-            if attempt == 0
-                && resource_version.is_some()
-                && base.metadata.resource_version.as_deref() != resource_version
-            {
-                tracing::debug!(
-                    service = name,
-                    "object moved on since the decision; merging onto the latest"
-                );
-            }
-            let patch = Patch::Merge(service_patch(&base, ingress, cond));
-            let patched = with_backoff(5, || {
-                self.call(permit, || api.patch_status(name, &params, &patch))
-            })
-            .await;
-            match patched {
-                Ok(_) => return Ok(()),
-                Err(Error::Api(e)) if classify(&e) == Class::Conflict && attempt < 3 => {
-                    self.metrics.api_error("conflict");
-                    tracing::debug!(service = name, "status conflict; re-reading");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        unreachable!("the loop returns")
-    }
-
     async fn record(
         &self,
         permit: &Permit,
@@ -307,7 +281,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::ServiceStatus;
+    use ferrolb_crds::conditions::IP_ALLOCATED;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
 
@@ -323,40 +297,36 @@ mod tests {
     }
 
     #[test]
-    fn patch_keeps_foreign_conditions_and_carries_the_version() {
-        let mut svc = Service::default();
-        svc.metadata.resource_version = Some("42".into());
-        svc.status = Some(ServiceStatus {
-            conditions: Some(vec![
-                cond("example.com/Other"),
-                cond(conditions::IP_ALLOCATED),
-            ]),
-            ..Default::default()
-        });
-        let ours = Condition {
-            reason: "Allocated".into(),
-            ..cond(conditions::IP_ALLOCATED)
-        };
-        let p = service_patch(&svc, &["203.0.113.1".parse().unwrap()], Some(&ours));
+    fn patch_carries_the_decision_version_and_every_condition() {
+        let conds = vec![cond("example.com/Other"), cond(IP_ALLOCATED)];
+        let p = service_patch(Some("42"), &["203.0.113.1".parse().unwrap()], &conds);
         assert_eq!(p["metadata"]["resourceVersion"], "42");
         assert_eq!(
             p["status"]["loadBalancer"]["ingress"],
             json!([{"ip": "203.0.113.1", "ipMode": "VIP"}])
         );
-        let types: Vec<_> = p["status"]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["type"].clone())
-            .collect();
-        assert_eq!(
-            types,
-            [json!("example.com/Other"), json!(conditions::IP_ALLOCATED)]
-        );
-        assert_eq!(p["status"]["conditions"][1]["reason"], "Allocated");
-        // Releasing: ingress removed, our condition removed, theirs kept.
-        let p = service_patch(&svc, &[], None);
+        assert_eq!(p["status"]["conditions"], json!(conds));
+        // Releasing the last of everything: ingress and conditions removed.
+        let p = service_patch(Some("43"), &[], &[]);
         assert!(p["status"]["loadBalancer"]["ingress"].is_null());
-        assert_eq!(p["status"]["conditions"].as_array().unwrap().len(), 1);
+        assert!(p["status"]["conditions"].is_null());
+    }
+
+    #[test]
+    fn events_reference_the_service_without_reading_it() {
+        let key = crate::allocator::ServiceKey::new("ns", "web");
+        let r = service_ref(&key, Some("u-1"));
+        assert_eq!(
+            (
+                r.kind.as_deref(),
+                r.api_version.as_deref(),
+                r.uid.as_deref()
+            ),
+            (Some("Service"), Some("v1"), Some("u-1"))
+        );
+        assert_eq!(
+            (r.namespace.as_deref(), r.name.as_deref()),
+            (Some("ns"), Some("web"))
+        );
     }
 }
