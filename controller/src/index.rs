@@ -119,6 +119,9 @@ pub struct Index {
     /// Why a Service lost its IP, for the IPReleased Event of the next round.
     evicted: HashMap<ServiceKey, String>,
     written: HashMap<ServiceKey, Written>,
+    /// Writes the API server refused for good (403, 422: retrying cannot help until
+    /// something changes): when to try again, and how many refusals so far.
+    rejected: HashMap<Target, (Timestamp, u32)>,
     /// Each pool's last valid addresses (spec entries as written): what holders keep while
     /// its spec is invalid, recorded in its status so a restart knows them too.
     last_valid: HashMap<String, Vec<String>>,
@@ -156,6 +159,29 @@ fn join(ips: &[IpAddr]) -> String {
         .join(", ")
 }
 
+/// What an update writes to, for the backoff of refused writes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Target {
+    Service(ServiceKey),
+    Pool(String),
+    Advertisement(String),
+}
+
+impl Target {
+    fn of(update: &Update) -> Self {
+        match update {
+            Update::Service { key, .. } => Target::Service(key.clone()),
+            Update::Pool { name, .. } => Target::Pool(name.clone()),
+            Update::Advertisement { name, .. } => Target::Advertisement(name.clone()),
+        }
+    }
+}
+
+/// First wait after a write the API server refused for good; it doubles per refusal.
+const REJECTED_FIRST: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest wait between attempts of a write the API server keeps refusing.
+const REJECTED_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
 impl Index {
     /// An empty index serving `lb_class` (plus Services without a class).
     pub fn new(lb_class: impl Into<String>) -> Self {
@@ -174,6 +200,7 @@ impl Index {
             evicted: HashMap::new(),
             written: HashMap::new(),
             last_valid: HashMap::new(),
+            rejected: HashMap::new(),
             shown: HashMap::new(),
             deferred: HashMap::new(),
             written_pools: HashMap::new(),
@@ -309,6 +336,7 @@ impl Index {
     /// A pool was created or changed.
     pub fn apply_pool(&mut self, p: IPAddressPool) {
         let name = name_of(&p);
+        self.rejected.remove(&Target::Pool(name.clone()));
         self.pools.insert(name.clone(), p.clone());
         let last_valid = pool::last_valid(&p, self.last_valid.get(&name));
         if let Some((raw, _)) = &last_valid {
@@ -359,6 +387,7 @@ impl Index {
 
     /// An advertisement was created or changed (the controller only validates it).
     pub fn apply_advertisement(&mut self, a: L2Advertisement) {
+        self.rejected.remove(&Target::Advertisement(name_of(&a)));
         self.advertisements.insert(name_of(&a), a);
     }
 
@@ -458,6 +487,8 @@ impl Index {
     /// A Service was created or changed.
     pub fn apply_service(&mut self, svc: Service) {
         let key = service::key_of(&svc);
+        // Edited (or its status moved on): a refused write may pass now.
+        self.rejected.remove(&Target::Service(key.clone()));
         let first_sight = !self.services.contains_key(&key);
         self.track_shown(&key, Some(&svc));
         self.services.insert(key.clone(), svc.clone());
@@ -517,6 +548,28 @@ impl Index {
         }
     }
 
+    /// The API server refused a write for good (403, 422): retry it later, backing off
+    /// (10 s doubling to 5 min), not every round; a change of the object retries at once.
+    pub fn write_rejected(&mut self, update: &Update, now: Timestamp) {
+        self.write_failed(update);
+        let target = Target::of(update);
+        let refusals = self.rejected.get(&target).map_or(0, |(_, n)| *n) + 1;
+        let wait = REJECTED_FIRST
+            .saturating_mul(1 << refusals.min(16).saturating_sub(1))
+            .min(REJECTED_MAX);
+        let until = now
+            .checked_add(k8s_openapi::jiff::SignedDuration::try_from(wait).unwrap_or_default())
+            .unwrap_or(now);
+        self.rejected.insert(target, (until, refusals));
+    }
+
+    /// Whether `target`'s write waits after a refusal at `now`.
+    fn backing_off(&self, target: &Target, now: Timestamp) -> bool {
+        self.rejected
+            .get(target)
+            .is_some_and(|(until, _)| *until > now)
+    }
+
     /// Computes the writes that bring the cluster to the desired state. Empty unless this
     /// replica leads and every cache has synced.
     pub fn reconcile(&mut self, now: Timestamp) -> Vec<Update> {
@@ -529,8 +582,24 @@ impl Index {
         let mut updates = Vec::new();
         // A release or a loosened holder in one pass may let a pending Service fit in the
         // next; a few passes settle chains of those within one round.
+        // Refused writes whose wait is over are tried again.
+        let due: Vec<ServiceKey> = self
+            .rejected
+            .iter()
+            .filter(|(_, (until, _))| *until <= now)
+            .filter_map(|(t, _)| match t {
+                Target::Service(k) => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        self.dirty.extend(due);
+        let mut waiting = BTreeSet::new();
         for _ in 0..4 {
-            let mut batch: Vec<ServiceKey> = std::mem::take(&mut self.dirty).into_iter().collect();
+            let (later, mut batch): (Vec<ServiceKey>, Vec<ServiceKey>) =
+                std::mem::take(&mut self.dirty)
+                    .into_iter()
+                    .partition(|k| self.backing_off(&Target::Service(k.clone()), now));
+            waiting.extend(later);
             batch.sort_by_key(|k| (self.services.get(k).map(creation), k.clone()));
             for key in batch {
                 if let Some(u) = self.reconcile_service(&key, now) {
@@ -544,6 +613,8 @@ impl Index {
                 break;
             }
         }
+        // Those still waiting stay dirty for a later round.
+        self.dirty.extend(waiting);
         // Clear before set, judged on the round's final state (a holder reconciled later
         // in the round may have let an IP go): while another Service's status still shows
         // one of a Service's new IPs, its write waits for the watch to show the release,
@@ -791,6 +862,9 @@ impl Index {
             let Some(state) = self.alloc.pool_state(name) else {
                 continue;
             };
+            if self.backing_off(&Target::Pool(name.clone()), now) {
+                continue;
+            }
             let last_valid = self.last_valid.get(name).cloned().unwrap_or_default();
             let status =
                 pool::desired_status(p, &state, self.alloc.pool_stats(name), last_valid, now);
@@ -822,6 +896,9 @@ impl Index {
     fn advertisement_updates(&mut self, now: Timestamp) -> Vec<Update> {
         let mut out = Vec::new();
         for (name, a) in &self.advertisements {
+            if self.backing_off(&Target::Advertisement(name.clone()), now) {
+                continue;
+            }
             let old = a.status.clone().unwrap_or_default().conditions;
             let mut problems = Vec::new();
             let unknown: Vec<&str> = a
@@ -1582,5 +1659,36 @@ mod tests {
             ]
         );
         assert_eq!(conditions[0], theirs);
+    }
+
+    /// A write the API server refuses for good (403, 422) is not resent every round: it
+    /// waits 10 s, then 20 s, ... up to 5 min; an edit of the Service retries at once.
+    #[test]
+    fn refused_writes_back_off_until_the_object_changes() {
+        let svc = mk_service("a", 1);
+        let mut i = leading(vec![mk_pool("p", &["203.0.113.0/30"])], vec![svc.clone()]);
+        let u = service_updates(&i.reconcile(t(10)))[0].clone();
+        i.write_rejected(&u, t(10));
+        for second in [11, 15, 19] {
+            assert!(
+                service_updates(&i.reconcile(t(second))).is_empty(),
+                "resent {} s after a refusal",
+                second - 10
+            );
+        }
+        let again = service_updates(&i.reconcile(t(20))).len();
+        assert_eq!(again, 1, "retried once the 10 s are over");
+        i.write_rejected(&u, t(20));
+        assert!(
+            service_updates(&i.reconcile(t(35))).is_empty(),
+            "the second wait is 20 s"
+        );
+        assert_eq!(service_updates(&i.reconcile(t(40))).len(), 1);
+        // An edit of the Service may have fixed the cause: it is tried at once.
+        i.write_rejected(&u, t(40));
+        let mut edited = svc;
+        edited.metadata.labels = Some(BTreeMap::from([("fixed".to_string(), "yes".to_string())]));
+        i.apply_service(edited);
+        assert_eq!(service_updates(&i.reconcile(t(41))).len(), 1);
     }
 }

@@ -319,6 +319,13 @@ pub async fn run_with(
                     fenced += 1;
                     idx.write_failed(&u);
                 }
+                Err(writer::Error::Api(e))
+                    if ferrolb_ops::retry::classify(&e) == ferrolb_ops::retry::Class::Permanent =>
+                {
+                    // 403, 422 and the like: resending every round cannot help.
+                    tracing::warn!(error = %e, update = ?update_name(&u), "status write refused; retrying with backoff");
+                    idx.write_rejected(&u, Timestamp::now());
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, update = ?update_name(&u), "status write failed; will retry");
                     idx.write_failed(&u);
