@@ -337,7 +337,17 @@ impl Index {
     pub fn apply_pool(&mut self, p: IPAddressPool) {
         let name = name_of(&p);
         self.rejected.remove(&Target::Pool(name.clone()));
+        // Our own status writes come back as pool events after every allocation: when the
+        // spec is unchanged the allocator has nothing to learn, and retrying every pending
+        // Service each time would cost O(pending) per allocation.
+        let same_spec = self
+            .pools
+            .get(&name)
+            .is_some_and(|old| old.spec == p.spec && old.metadata.uid == p.metadata.uid);
         self.pools.insert(name.clone(), p.clone());
+        if same_spec && self.built {
+            return;
+        }
         let last_valid = pool::last_valid(&p, self.last_valid.get(&name));
         if let Some((raw, _)) = &last_valid {
             self.last_valid.insert(name.clone(), raw.clone());
@@ -1690,5 +1700,31 @@ mod tests {
         edited.metadata.labels = Some(BTreeMap::from([("fixed".to_string(), "yes".to_string())]));
         i.apply_service(edited);
         assert_eq!(service_updates(&i.reconcile(t(41))).len(), 1);
+    }
+
+    /// A pool's status event (our own write coming back) retries no pending Service;
+    /// a spec change does.
+    #[test]
+    fn pool_status_events_do_not_retry_pending_services() {
+        let mut i = leading(
+            vec![mk_pool("p", &["203.0.113.0/32"])],
+            vec![mk_service("a", 1), mk_service("b", 2)],
+        );
+        settle_all(&mut i, 10);
+        assert!(i.pending.contains(&key("b")), "b waits: the pool is full");
+        let mut p = i.pools["p"].clone();
+        p.status.as_mut().unwrap().assigned_ipv4 = 99;
+        i.apply_pool(p.clone());
+        assert!(
+            i.dirty.is_empty(),
+            "a status event made work: {:?}",
+            i.dirty
+        );
+        p.spec.addresses.push("203.0.113.1".into());
+        i.apply_pool(p);
+        assert!(
+            i.dirty.contains(&key("b")),
+            "a spec change retries the pending"
+        );
     }
 }

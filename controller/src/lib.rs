@@ -40,6 +40,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 
 use ferrolb_ops::relist::{Op, Relist};
+use kube::runtime::WatchStreamExt;
 
 use crate::index::Index;
 use crate::lease::Fence;
@@ -162,9 +163,11 @@ fn watch_all(client: &Client) -> BoxStream<'static, Result<Change, watcher::Erro
             .map(|r| r.map(Change::Advertisement))
             .boxed(),
         ferrolb_ops::watch::watch(Api::<Service>::all(client.clone()), wc.clone())
+            .modify(ferrolb_ops::watch::strip)
             .map(|r| r.map(Change::Service))
             .boxed(),
         ferrolb_ops::watch::watch(Api::<Namespace>::all(client.clone()), wc)
+            .modify(ferrolb_ops::watch::strip)
             .map(|r| r.map(Change::Namespace))
             .boxed(),
     ])

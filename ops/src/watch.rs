@@ -57,6 +57,16 @@ impl Backoff for WatchBackoff {
     }
 }
 
+/// Drops what no FerroLB component reads and every object carries, on arrival, so caches
+/// hold only what they use: `managedFields` and `kubectl`'s last-applied copy of the object.
+pub fn strip<K: Resource>(o: &mut K) {
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 /// Whether a watcher error is the server saying "your resourceVersion is gone, re-list",
 /// which the watcher already does by itself.
 pub fn is_expired(e: &watcher::Error) -> bool {
@@ -101,6 +111,27 @@ where
 mod tests {
     use super::*;
     use futures::stream;
+
+    #[test]
+    fn strip_keeps_what_components_read() {
+        use k8s_openapi::api::core::v1::Service;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let mut s = Service::default();
+        s.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        s.metadata.annotations = Some(
+            [
+                ("kubectl.kubernetes.io/last-applied-configuration", "{...}"),
+                ("ferrolb.io/address-pool", "lan"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        strip(&mut s);
+        assert!(s.metadata.managed_fields.is_none());
+        let keys: Vec<&String> = s.metadata.annotations.as_ref().unwrap().keys().collect();
+        assert_eq!(keys, ["ferrolb.io/address-pool"]);
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_and_resets() {

@@ -39,6 +39,7 @@ use kube::{Api, Client, Resource};
 use tokio::sync::watch;
 
 use ferrolb_ops::relist::{Op, Relist};
+use kube::runtime::WatchStreamExt;
 
 use crate::dataplane::{DataPlane, DataPlaneConfig, LinkWatcher};
 use crate::metrics::Metrics;
@@ -256,18 +257,29 @@ pub async fn run(
     let wc = watcher::Config::default();
     let changes = stream::select_all([
         ferrolb_ops::watch::watch(Api::<Node>::all(client.clone()), wc.clone())
+            .modify(|n: &mut Node| {
+                ferrolb_ops::watch::strip(n);
+                // The node's image list is most of a Node object; nothing here reads it.
+                if let Some(st) = n.status.as_mut() {
+                    st.images = None;
+                }
+            })
             .map(|r| r.map(Change::Node))
             .boxed(),
         ferrolb_ops::watch::watch(Api::<Service>::all(client.clone()), wc.clone())
+            .modify(ferrolb_ops::watch::strip)
             .map(|r| r.map(Change::Service))
             .boxed(),
         ferrolb_ops::watch::watch(Api::<EndpointSlice>::all(client.clone()), wc.clone())
+            .modify(ferrolb_ops::watch::strip)
             .map(|r| r.map(Change::Slice))
             .boxed(),
         ferrolb_ops::watch::watch(Api::<IPAddressPool>::all(client.clone()), wc.clone())
+            .modify(ferrolb_ops::watch::strip)
             .map(|r| r.map(Change::Pool))
             .boxed(),
         ferrolb_ops::watch::watch(Api::<L2Advertisement>::all(client.clone()), wc.clone())
+            .modify(ferrolb_ops::watch::strip)
             .map(|r| r.map(Change::Advertisement))
             .boxed(),
         ferrolb_ops::watch::watch(
