@@ -18,14 +18,13 @@
 //! lease could change hands: a graceful leader releases only after its writes stopped, a
 //! crashed or frozen one stopped writing at its renew deadline ([`lease`]).
 
-pub mod allocator;
-pub mod index;
 pub mod lease;
 pub mod metrics;
-pub mod pool;
 pub mod secret;
-pub mod service;
 pub mod writer;
+
+/// The pure core (allocator, index), in its own crate so Cargo keeps it free of I/O.
+pub use ferrolb_controller_core::{allocator, index, pool, service};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -75,12 +75,6 @@ struct PoolCollector {
     index: Arc<Mutex<Index>>,
 }
 
-impl std::fmt::Debug for Index {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Index").finish_non_exhaustive()
-    }
-}
-
 impl Collector for PoolCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let rows: Vec<(Labels, i64)> = {

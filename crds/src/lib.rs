@@ -11,6 +11,7 @@
 //! binary; CI regenerates it and fails on any difference.
 
 pub mod addresses;
+pub mod condition;
 pub mod schema;
 pub mod selector;
 

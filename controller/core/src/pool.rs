@@ -13,7 +13,7 @@ use ferrolb_crds::{IPAddressPool, IPAddressPoolStatus, conditions};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::allocator::{PoolConfig, PoolState, PoolStats};
-pub use ferrolb_ops::conditions::condition;
+pub use ferrolb_crds::condition::condition;
 
 /// Parses a pool's spec; an `Err` is the message of its `Invalid` condition.
 pub fn parse(pool: &IPAddressPool) -> Result<PoolConfig, String> {

@@ -388,7 +388,7 @@ fn apply_write(c: &mut Cluster, idx: &mut Index, u: &Update) {
                 }),
             });
             let conds = st.conditions.clone().unwrap_or_default();
-            st.conditions = Some(ferrolb_ops::conditions::replace(
+            st.conditions = Some(ferrolb_crds::condition::replace(
                 &conds,
                 ferrolb_crds::conditions::IP_ALLOCATED,
                 condition.clone(),

@@ -182,6 +182,17 @@ const REJECTED_FIRST: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest wait between attempts of a write the API server keeps refusing.
 const REJECTED_MAX: std::time::Duration = std::time::Duration::from_secs(300);
 
+impl std::fmt::Debug for Index {
+    /// A summary: the caches can hold thousands of objects.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("leading", &self.leading)
+            .field("services", &self.services.len())
+            .field("pools", &self.pools.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Index {
     /// An empty index serving `lb_class` (plus Services without a class).
     pub fn new(lb_class: impl Into<String>) -> Self {
@@ -855,7 +866,7 @@ impl Index {
             key,
             resource_version: rv(&svc.metadata),
             ingress,
-            conditions: ferrolb_ops::conditions::replace(
+            conditions: ferrolb_crds::condition::replace(
                 &old,
                 conditions::IP_ALLOCATED,
                 cond.clone(),
