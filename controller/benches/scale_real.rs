@@ -176,7 +176,8 @@ async fn main() {
     let base: Api<Service> = Api::namespaced(client.clone(), &format!("{run}-base"));
     let ctl: Api<Service> = Api::namespaced(client.clone(), &format!("{run}-ctl"));
     let t = Instant::now();
-    create_services(&base, n, &class).await;
+    // Another class: the controller must not see the baseline's Services as its own.
+    create_services(&base, n, &format!("{class}-baseline")).await;
     create_services(&ctl, n, &class).await;
     println!(
         "scale_real: {} Services created in {:.1} s",
@@ -225,6 +226,9 @@ async fn main() {
             "warn",
         ])
         .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(format!("/tmp/{run}-controller.log")).expect("log file"),
+        ))
         .spawn()
         .expect("start ferrolb-controller");
     let mut done = 0;
@@ -260,7 +264,7 @@ async fn main() {
         ferrolb.as_secs_f64() / baseline.as_secs_f64()
     );
     println!(
-        "  ferrolb-controller peak RSS (VmHWM): {:.1} MiB",
+        "  ferrolb-controller peak RSS (VmHWM): {:.1} MiB; its log: /tmp/{run}-controller.log",
         hwm as f64 / 1024.0
     );
 

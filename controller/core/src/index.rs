@@ -675,11 +675,18 @@ impl Index {
             .unwrap_or_default();
 
         if !service::is_handled(&svc, &self.lb_class) {
-            self.pending.remove(key);
+            // Ours only if this controller served it until now (it holds its IPs or had it
+            // pending): another FerroLB serving another class writes the same condition
+            // type, and its Services must never be touched. A class changed while no one
+            // led leaves a stale status behind, never a cleared foreign one.
+            let was_ours = self.alloc.assigned(key).is_some() || self.pending.remove(key);
             let loosened = self.alloc.loosened();
             self.alloc.release(key);
             if self.alloc.loosened() != loosened {
                 self.capacity_changed();
+            }
+            if !was_ours {
+                return None;
             }
             // Clear only what we published: our condition proves the ingress is ours.
             observed_cond.as_ref()?;
@@ -1737,5 +1744,44 @@ mod tests {
             i.dirty.contains(&key("b")),
             "a spec change retries the pending"
         );
+    }
+
+    /// Another FerroLB serving another class writes the same condition type: its Services
+    /// are never touched, also when this controller starts with them already there (it
+    /// used to clear them, fighting every other installation and test run).
+    #[test]
+    fn another_classes_services_are_never_touched() {
+        let mut theirs = mk_service("theirs", 1);
+        theirs.spec.as_mut().unwrap().load_balancer_class = Some("example.com/other".into());
+        let u = Update::Service {
+            key: key("theirs"),
+            resource_version: None,
+            ingress: vec!["203.0.113.9".parse().unwrap()],
+            condition: Some(condition(
+                &[],
+                conditions::IP_ALLOCATED,
+                true,
+                "Allocated",
+                "assigned by another FerroLB",
+                None,
+                t(1),
+            )),
+            conditions: vec![],
+            uid: None,
+            events: vec![],
+        };
+        let theirs = written(&theirs, &u, "3");
+        let mut i = leading(vec![mk_pool("p", &["203.0.113.0/30"])], vec![theirs]);
+        assert!(service_updates(&i.reconcile(t(10))).is_empty());
+        // Ours moving to another class is still released.
+        i.apply_service(mk_service("mine", 2));
+        settle(&mut i, 20);
+        let mut mine = i.services[&key("mine")].clone();
+        mine.spec.as_mut().unwrap().load_balancer_class = Some("example.com/other".into());
+        i.apply_service(mine);
+        let us = i.reconcile(t(30));
+        assert!(service_updates(&us).iter().any(
+            |u| matches!(u, Update::Service { key, ingress, .. } if key.name == "mine" && ingress.is_empty())
+        ));
     }
 }
