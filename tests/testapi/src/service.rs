@@ -167,7 +167,9 @@ pub(crate) fn validate_status(svc: &Value) -> Vec<Cause> {
             out.push(Cause::invalid(
                 &at("ip"),
                 &json!(ip),
-                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                // The real server's text gives a private IPv4 example; this server keeps to
+                // the documentation ranges (LAB.md). Only the field and reason are compared.
+                "must be a valid IP address, (e.g. 203.0.113.7 or 2001:db8::ffff)",
             ));
         }
         match ing.get("ipMode").and_then(Value::as_str) {
@@ -347,7 +349,7 @@ mod tests {
         assert_eq!(c[0].reason, "FieldValueInvalid");
         assert_eq!(
             c[0].message,
-            "Invalid value: \"not-an-ip\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
+            "Invalid value: \"not-an-ip\": must be a valid IP address, (e.g. 203.0.113.7 or 2001:db8::ffff)"
         );
     }
 

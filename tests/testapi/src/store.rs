@@ -1920,13 +1920,13 @@ mod tests {
         );
         assert_eq!(
             e.message,
-            "Service \"a\" is invalid: status.loadBalancer.ingress[0].ip: Invalid value: \"not-an-ip\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
+            "Service \"a\" is invalid: status.loadBalancer.ingress[0].ip: Invalid value: \"not-an-ip\": must be a valid IP address, (e.g. 203.0.113.7 or 2001:db8::ffff)"
         );
         assert_eq!(
             e.to_status()["details"],
             json!({"name": "a", "kind": "Service", "causes": [{
                 "reason": "FieldValueInvalid", "field": "status.loadBalancer.ingress[0].ip",
-                "message": "Invalid value: \"not-an-ip\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"}]})
+                "message": "Invalid value: \"not-an-ip\": must be a valid IP address, (e.g. 203.0.113.7 or 2001:db8::ffff)"}]})
         );
         // The stored object did not change.
         let s = t.ok(Verb::Get, &format!("{SVCS}/a"), None, Value::Null);
