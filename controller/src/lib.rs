@@ -107,8 +107,15 @@ fn name<K: kube::Resource>(o: &K) -> &str {
     o.meta().name.as_deref().unwrap_or_default()
 }
 
-/// Applies one change; returns which kind (0..4) it completed a re-list of, if any.
-fn apply_change(index: &mut Index, relist: &mut Relists, change: Change) -> Option<usize> {
+/// Applies one change (Services also to the metrics' view of them); returns which kind
+/// (0..4) it completed a re-list of, if any.
+fn apply_change(
+    index: &mut Index,
+    relist: &mut Relists,
+    change: Change,
+    metrics: &Metrics,
+    lb_class: &str,
+) -> Option<usize> {
     match change {
         Change::Pool(ev) => match relist.pools.fold(ev) {
             Op::Apply(o) => index.apply_pool(o),
@@ -129,9 +136,17 @@ fn apply_change(index: &mut Index, relist: &mut Relists, change: Change) -> Opti
             Op::Wait => {}
         },
         Change::Service(ev) => match relist.services.fold(ev) {
-            Op::Apply(o) => index.apply_service(o),
-            Op::Delete(o) => index.delete_service(&service::key_of(&o)),
+            Op::Apply(o) => {
+                metrics.service_changed(lb_class, &o);
+                index.apply_service(o)
+            }
+            Op::Delete(o) => {
+                let key = service::key_of(&o);
+                metrics.service_deleted(&key);
+                index.delete_service(&key)
+            }
             Op::Reset(l) => {
+                metrics.services_reset(lb_class, &l);
                 index.reset_services(l);
                 return Some(2);
             }
@@ -260,7 +275,7 @@ pub async fn run_with(
                     match next.take() {
                         Some(Ok(c)) => {
                             if let (Some(kind), Some(seen)) =
-                                (apply_change(&mut idx, &mut relist, c), relisting.as_mut())
+                                (apply_change(&mut idx, &mut relist, c, &metrics, &config.lb_class), relisting.as_mut())
                             {
                                 seen[kind] = true;
                             }

@@ -1,15 +1,23 @@
 //! The speaker's Prometheus metrics. Data-plane counters (ARP/NDP requests, replies,
 //! drops by reason, gratuitous sent) are read from the data plane at scrape time;
-//! elections and takeovers are recorded as the speaker acts.
+//! elections and takeovers are recorded as the speaker acts. The IPs this node announces
+//! (`ferrolb_speaker_announced`, one series per IP and Service) are the last election
+//! table's, replaced as a whole, so an IP this node gave up disappears at the next scrape.
+//!
+//! ```text
+//!   set_table(table, me) ──▶ won/lost/none counts (ferrolb_speaker_elections)
+//!                       └──▶ [(ip, service)] this node announces ──scrape──▶ ferrolb_speaker_announced
+//! ```
 
-use std::sync::{Arc, OnceLock};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -28,6 +36,14 @@ pub struct Metrics {
     takeover_seconds: Histogram,
     plane: Arc<OnceLock<Arc<DataPlane>>>,
     liveness: Arc<OnceLock<Arc<Liveness>>>,
+    announced: Arc<Mutex<Announced>>,
+}
+
+/// What this node announced at the last election: its name and every (IP, Service) pair.
+#[derive(Debug, Default)]
+struct Announced {
+    node: String,
+    pairs: Vec<(IpAddr, String)>,
 }
 
 impl Metrics {
@@ -40,6 +56,7 @@ impl Metrics {
             takeover_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
             plane: Arc::new(OnceLock::new()),
             liveness: Arc::new(OnceLock::new()),
+            announced: Arc::default(),
         };
         registry.register(
             "ferrolb_speaker_api_errors",
@@ -64,6 +81,9 @@ impl Metrics {
         registry.register_collector(Box::new(PlaneCollector {
             plane: m.plane.clone(),
             liveness: m.liveness.clone(),
+        }));
+        registry.register_collector(Box::new(AnnouncedCollector {
+            announced: m.announced.clone(),
         }));
         m
     }
@@ -106,6 +126,57 @@ impl Metrics {
                 .get_or_create(&vec![("result".into(), k.into())])
                 .set(v);
         }
+        // Per Service, as each Service sees it: a sharing Service whose own view is "not
+        // announced" is not listed even when a sibling gets the IP announced.
+        let pairs = table
+            .services()
+            .iter()
+            .flat_map(|(svc, ips)| {
+                ips.iter()
+                    .filter(|(_, d)| d.announcer() == Some(me))
+                    .map(move |(ip, _)| (*ip, svc.clone()))
+            })
+            .collect();
+        let mut a = self.announced.lock().expect("announced lock");
+        a.node = me.to_owned();
+        a.pairs = pairs;
+    }
+}
+
+/// `ferrolb_speaker_announced{ip, service, node}`: 1 for every IP this node answers for,
+/// per Service holding it. Across all speakers, `count by (ip)` of distinct nodes above 1
+/// means two announcers; a Service IP absent here has none.
+#[derive(Debug)]
+struct AnnouncedCollector {
+    announced: Arc<Mutex<Announced>>,
+}
+
+impl Collector for AnnouncedCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let rows: Vec<Labels> = {
+            let a = self.announced.lock().expect("announced lock");
+            a.pairs
+                .iter()
+                .map(|(ip, svc)| {
+                    vec![
+                        ("ip".to_string(), ip.to_string()),
+                        ("service".to_string(), svc.clone()),
+                        ("node".to_string(), a.node.clone()),
+                    ]
+                })
+                .collect()
+        };
+        let probe: ConstGauge<i64> = ConstGauge::new(1);
+        let mut m = encoder.encode_descriptor(
+            "ferrolb_speaker_announced",
+            "1 for every IP this node announces (answers ARP/NDP for), per Service holding it",
+            None,
+            probe.metric_type(),
+        )?;
+        for labels in rows {
+            ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 
@@ -229,5 +300,96 @@ impl Collector for PlaneCollector {
             &drops,
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::core::{Decision, NotAnnouncedReason};
+
+    fn announce(node: &str) -> Decision {
+        Decision::Announce {
+            node: node.into(),
+            interfaces: BTreeSet::from(["eth0".to_string()]),
+        }
+    }
+
+    fn encode(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    fn announced_lines(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with("ferrolb_speaker_announced"))
+            .collect()
+    }
+
+    #[test]
+    fn announced_lists_this_nodes_ips_per_service_and_forgets_given_up_ones() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let v4: IpAddr = "203.0.113.10".parse().unwrap();
+        let v6: IpAddr = "2001:db8::10".parse().unwrap();
+        let other: IpAddr = "203.0.113.11".parse().unwrap();
+        let lonely: IpAddr = "203.0.113.12".parse().unwrap();
+        let mut table = Table::default();
+        table.ips = BTreeMap::from([
+            (v4, announce("node1")),
+            (v6, announce("node1")),
+            (other, announce("node2")),
+            (
+                lonely,
+                Decision::NotAnnounced {
+                    reason: NotAnnouncedReason::NoServingEndpoints,
+                },
+            ),
+        ]);
+        table.services = BTreeMap::from([
+            (
+                "default/a".to_string(),
+                BTreeMap::from([(v4, announce("node1")), (v6, announce("node1"))]),
+            ),
+            (
+                "default/b".to_string(),
+                BTreeMap::from([(v4, announce("node1"))]),
+            ),
+            (
+                "default/c".to_string(),
+                BTreeMap::from([(other, announce("node2"))]),
+            ),
+        ]);
+        m.set_table(&table, "node1");
+        let text = encode(&registry);
+        assert!(
+            text.contains("# TYPE ferrolb_speaker_announced gauge"),
+            "{text}"
+        );
+        assert_eq!(
+            announced_lines(&text),
+            [
+                r#"ferrolb_speaker_announced{ip="203.0.113.10",service="default/a",node="node1"} 1"#,
+                r#"ferrolb_speaker_announced{ip="2001:db8::10",service="default/a",node="node1"} 1"#,
+                r#"ferrolb_speaker_announced{ip="203.0.113.10",service="default/b",node="node1"} 1"#,
+            ]
+        );
+
+        // node2 takes everything over: node1's series vanish instead of staying at 1.
+        let mut moved = table.clone();
+        for d in moved
+            .ips
+            .values_mut()
+            .chain(moved.services.values_mut().flat_map(|m| m.values_mut()))
+        {
+            if d.announcer().is_some() {
+                *d = announce("node2");
+            }
+        }
+        m.set_table(&moved, "node1");
+        assert_eq!(announced_lines(&encode(&registry)), Vec::<&str>::new());
     }
 }
