@@ -1,0 +1,830 @@
+//! `kubectl ferrolb explain svc/NAME`: why a Service has its IP (or none), and which node
+//! announces it and why the others do not. Pure.
+//!
+//! ```text
+//!   Service ──controller core service::parse──▶ rule: requested IP / named pool / automatic
+//!           ──controller core Allocator::pool_of──▶ the pool holding each IP
+//!   Snapshot ──speaker world.rs──▶ World ──speaker core::desired──▶ winner
+//!             (same World, one node at a time) ──desired──▶ why each node is (not) eligible
+//!             (winner's speaker removed, again and again) ──▶ failover order
+//! ```
+//!
+//! The plugin cannot hear heartbeats, so a speaker counts as alive when its Lease is fresh,
+//! and its interfaces are those the API shows (the report says both).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ferrolb_controller_core::allocator::{PoolConfig, ServiceRequest};
+use ferrolb_controller_core::pool;
+use ferrolb_controller_core::service::{self, status_ips};
+use ferrolb_crds::{IPAddressPool, annotations, conditions};
+use ferrolb_speaker::core::{self as speaker, Decision, NotAnnouncedReason, World};
+use ferrolb_speaker::world;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::jiff::Timestamp;
+use serde::Serialize;
+
+use crate::model::{
+    CondView, Snapshot, SpeakerLease, announcements, key_of, seen_interfaces, service_condition,
+    speaker_leases,
+};
+use crate::render::{age, table};
+
+/// Stands for "every usable interface" when the plugin cannot know a node's interfaces.
+pub const ANY_INTERFACE: &str = "*";
+
+/// The whole `explain` report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExplainReport {
+    /// `namespace/name`.
+    pub service: String,
+    /// Why FerroLB does not serve this Service at all (wrong type or class).
+    pub not_served: Option<String>,
+    /// Its IPs and the pool holding each.
+    pub ips: Vec<IpOrigin>,
+    /// The rule that gives (or would give) it addresses.
+    pub rule: Option<Rule>,
+    /// The controller's `ferrolb.io/IPAllocated` condition.
+    pub allocated: Option<CondView>,
+    /// Which node announces it and why (absent without IPs).
+    pub announcement: Option<AnnounceExplain>,
+}
+
+/// One IP and its pool.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IpOrigin {
+    /// The IP from `status.loadBalancer.ingress`.
+    pub ip: IpAddr,
+    /// The pool holding it (`None`: in no pool).
+    pub pool: Option<String>,
+}
+
+/// Which allocation rule applies (docs/configuration.md "Which pool a Service gets").
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Rule {
+    /// A requested IP is taken from the pool that holds it.
+    RequestedIp {
+        /// Where the request is written (annotation spelling or `spec.loadBalancerIP`).
+        source: String,
+        /// The requested IPs.
+        ips: Vec<IpAddr>,
+    },
+    /// The Service names a pool.
+    RequestedPool {
+        /// The annotation spelling used.
+        source: String,
+        /// The pool named.
+        pool: String,
+    },
+    /// The first ready autoAssign pool that admits the Service, in candidate order.
+    Automatic {
+        /// Every pool in candidate order with its verdict for this Service.
+        candidates: Vec<Candidate>,
+    },
+    /// The request does not parse; the controller reports `InvalidRequest`.
+    InvalidRequest {
+        /// The parse error.
+        message: String,
+    },
+}
+
+/// One pool in candidate order.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Candidate {
+    /// Pool name.
+    pub pool: String,
+    /// `admits it`, or why the pool is skipped.
+    pub verdict: String,
+    /// The pool admits the Service.
+    pub admits: bool,
+}
+
+/// The announcement side.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnnounceExplain {
+    /// What the speakers' election decides per IP, computed from the current objects.
+    pub decisions: Vec<IpDecision>,
+    /// The elected node (the same for every IP of the Service).
+    pub winner: Option<String>,
+    /// Every known node and its verdict for this Service.
+    pub nodes: Vec<NodeVerdict>,
+    /// Who takes over if the winner fails, then the next, and so on.
+    pub failover_order: Vec<String>,
+    /// What the speakers themselves reported (`ferrolb.io/Announced`).
+    pub reported: Option<CondView>,
+    /// Whether the reported announcer is the computed winner (`None`: nothing reported).
+    pub agrees: Option<bool>,
+    /// Speaker Leases and whether the plugin counts them alive.
+    pub speakers: Vec<SpeakerLease>,
+    /// Interfaces the computation assumed per live speaker (`*`: any usable one).
+    pub assumed_interfaces: BTreeMap<String, Vec<String>>,
+}
+
+/// The computed decision for one IP.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IpDecision {
+    /// The IP.
+    pub ip: IpAddr,
+    /// `Announced` or the not-announced reason.
+    pub reason: String,
+    /// The speaker's own sentence for it.
+    pub message: String,
+}
+
+/// One node's verdict.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeVerdict {
+    /// Node name.
+    pub node: String,
+    /// May announce this Service's IPs.
+    pub eligible: bool,
+    /// `elected`, `eligible`, or the speaker's exclusion reason.
+    pub why: String,
+}
+
+/// Options of the explanation the cluster cannot tell the plugin.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The speakers run with `--ignore-exclude-lb`.
+    pub ignore_exclude_lb: bool,
+}
+
+/// Explains the Service `namespace/name`; `None` when it does not exist.
+pub fn report(
+    snap: &Snapshot,
+    namespace: &str,
+    name: &str,
+    now: Timestamp,
+    opts: &Options,
+) -> Option<ExplainReport> {
+    let svc = snap.services.iter().find(|s| {
+        s.metadata.namespace.as_deref() == Some(namespace)
+            && s.metadata.name.as_deref() == Some(name)
+    })?;
+    let key = key_of(svc);
+    let not_served = (!service::is_handled(svc, &snap.lb_class)).then(|| {
+        let spec = svc.spec.clone().unwrap_or_default();
+        match (spec.type_.as_deref(), spec.load_balancer_class.as_deref()) {
+            (Some("LoadBalancer"), Some(class)) => format!(
+                "its spec.loadBalancerClass is {class:?}; FerroLB serves Services with no class \
+                 or {:?}",
+                snap.lb_class
+            ),
+            (t, _) => format!(
+                "it is of type {}, not LoadBalancer",
+                t.unwrap_or("ClusterIP")
+            ),
+        }
+    });
+    let alloc = snap.allocator();
+    let ips: Vec<IpOrigin> = status_ips(svc)
+        .into_iter()
+        .map(|ip| IpOrigin {
+            ip,
+            pool: alloc.pool_of(ip).map(str::to_owned),
+        })
+        .collect();
+    let rule = not_served.is_none().then(|| rule(snap, svc, &ips));
+    let announcement = (not_served.is_none() && !ips.is_empty())
+        .then(|| announce(snap, svc, &key, now, opts))
+        .flatten();
+    Some(ExplainReport {
+        service: key,
+        not_served,
+        ips,
+        rule,
+        allocated: service_condition(svc, conditions::IP_ALLOCATED).map(CondView::from),
+        announcement,
+    })
+}
+
+/// The annotation that carried a request: the FerroLB spelling or the alias used.
+fn source(svc: &Service, canonical: &str, aliases: &[service::AliasUsed]) -> Option<String> {
+    let set = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(canonical))
+        .is_some_and(|v| !v.trim().is_empty());
+    if set {
+        return Some(format!("annotation {canonical}"));
+    }
+    aliases
+        .iter()
+        .find(|a| a.canonical == canonical)
+        .map(|a| format!("annotation {} (MetalLB spelling of {canonical})", a.found))
+}
+
+fn rule(snap: &Snapshot, svc: &Service, ips: &[IpOrigin]) -> Rule {
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
+    let parsed = match service::parse(svc, &snap.namespace_labels(&ns)) {
+        Ok(p) => p,
+        Err(message) => return Rule::InvalidRequest { message },
+    };
+    let req = parsed.request;
+    if !req.requested_ips.is_empty() {
+        return Rule::RequestedIp {
+            source: source(svc, annotations::LOAD_BALANCER_IPS, &parsed.aliases)
+                .unwrap_or_else(|| "spec.loadBalancerIP".into()),
+            ips: req.requested_ips,
+        };
+    }
+    if let Some(pool) = req.requested_pool.clone() {
+        return Rule::RequestedPool {
+            source: source(svc, annotations::ADDRESS_POOL, &parsed.aliases).unwrap_or_default(),
+            pool,
+        };
+    }
+    let holding: BTreeSet<&str> = ips.iter().filter_map(|i| i.pool.as_deref()).collect();
+    let mut pools: Vec<&IPAddressPool> = snap.pools.iter().collect();
+    pools.sort_by_key(|p| candidate_order(p));
+    let candidates = pools
+        .into_iter()
+        .map(|p| {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let verdict = verdict(p, &req);
+            let admits = verdict.is_ok();
+            let mut verdict = verdict.unwrap_or_else(|why| why);
+            if holding.contains(name.as_str()) {
+                verdict.push_str(" — holds its IP");
+            }
+            Candidate {
+                pool: name,
+                verdict,
+                admits,
+            }
+        })
+        .collect();
+    Rule::Automatic { candidates }
+}
+
+/// Candidate order as docs/configuration.md states it (the allocator keeps its own copy
+/// private): a `serviceAllocation.priority` first, lowest number first; then pools that
+/// restrict themselves with `serviceAllocation`; then general pools; ties by name.
+fn candidate_order(p: &IPAddressPool) -> (u8, i32, String) {
+    let alloc = p.spec.service_allocation.clone().unwrap_or_default();
+    let restricted = !alloc.namespaces.is_empty()
+        || !alloc.namespace_selectors.is_empty()
+        || !alloc.service_selectors.is_empty();
+    let tier = match alloc.priority {
+        Some(_) => 0,
+        None if restricted => 1,
+        None => 2,
+    };
+    (
+        tier,
+        alloc.priority.unwrap_or(0),
+        p.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// `Ok("admits it")` or why the pool is skipped for automatic allocation.
+fn verdict(p: &IPAddressPool, req: &ServiceRequest) -> Result<String, String> {
+    let ready = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::READY));
+    if let Some(c) = ready.filter(|c| c.status != "True") {
+        return Err(format!("not ready ({}: {})", c.reason, c.message));
+    }
+    let cfg = pool::parse(p).map_err(|e| format!("not ready (Invalid: {e})"))?;
+    if !cfg.auto_assign {
+        return Err("autoAssign is false (only Services naming it or requesting its IPs)".into());
+    }
+    admits(&cfg, req).map(|()| "admits it".into())
+}
+
+/// The pool's `serviceAllocation` rules for one Service, in the controller's order.
+fn admits(c: &PoolConfig, svc: &ServiceRequest) -> Result<(), String> {
+    if !c.namespaces.is_empty() && !c.namespaces.contains(&svc.key.namespace) {
+        return Err(format!(
+            "excludes it: namespace {:?} is not in serviceAllocation.namespaces",
+            svc.key.namespace
+        ));
+    }
+    if !c.namespace_selectors.is_empty()
+        && !c
+            .namespace_selectors
+            .iter()
+            .any(|s| s.matches(&svc.namespace_labels))
+    {
+        return Err(format!(
+            "excludes it: namespace {:?} matches no serviceAllocation.namespaceSelectors",
+            svc.key.namespace
+        ));
+    }
+    if !c.service_selectors.is_empty()
+        && !c.service_selectors.iter().any(|s| s.matches(&svc.labels))
+    {
+        return Err("excludes it: its labels match no serviceAllocation.serviceSelectors".into());
+    }
+    Ok(())
+}
+
+/// The speakers' World as the plugin can see it, and the interfaces it assumed per speaker.
+pub fn world_of(
+    snap: &Snapshot,
+    now: Timestamp,
+    opts: &Options,
+) -> (World, BTreeMap<String, BTreeSet<String>>) {
+    let mut w = World {
+        ignore_exclude_lb: opts.ignore_exclude_lb,
+        ..Default::default()
+    };
+    for n in &snap.nodes {
+        w.apply_node(world::node(n));
+    }
+    let mut named: BTreeSet<String> = BTreeSet::new();
+    for a in &snap.advertisements {
+        if let Ok(a) = world::advertisement(a) {
+            named.extend(a.interfaces.iter().cloned());
+            w.apply_advertisement(a);
+        }
+    }
+    for p in &snap.pools {
+        let last_valid = || {
+            let addresses = ferrolb_crds::addresses::PoolAddresses::parse(
+                &p.status.as_ref()?.last_valid_addresses,
+            )
+            .ok()?;
+            Some(speaker::Pool {
+                name: p.metadata.name.clone().unwrap_or_default(),
+                labels: p.metadata.labels.clone().unwrap_or_default(),
+                addresses,
+            })
+        };
+        if let Some(pool) = world::pool(p).or_else(last_valid) {
+            w.apply_pool(pool);
+        }
+    }
+    for svc in &snap.services {
+        let key = world::service_key(svc);
+        let slices = snap
+            .slices
+            .iter()
+            .filter(|s| world::slice_service_key(s).as_deref() == Some(key.as_str()));
+        if let Some(s) = world::service(svc, &snap.lb_class, slices) {
+            w.apply_service(s);
+        }
+    }
+    let seen = seen_interfaces(&snap.services);
+    let mut assumed = BTreeMap::new();
+    for l in speaker_leases(&snap.leases, now)
+        .into_iter()
+        .filter(|l| l.fresh)
+    {
+        let mut interfaces: BTreeSet<String> = seen.get(&l.node).cloned().unwrap_or_default();
+        interfaces.extend(named.iter().cloned());
+        if interfaces.is_empty() {
+            interfaces.insert(ANY_INTERFACE.into());
+        }
+        assumed.insert(l.node.clone(), interfaces.clone());
+        w.apply_speaker(speaker::Speaker {
+            node: l.node,
+            interfaces,
+        });
+    }
+    (w, assumed)
+}
+
+/// `world` with only `node` (its Node object and its speaker, if any).
+fn only(world: &World, node: &str) -> World {
+    let mut w = world.clone();
+    w.nodes.retain(|n, _| n == node);
+    w.speakers.retain(|n, _| n == node);
+    w
+}
+
+fn announce(
+    snap: &Snapshot,
+    svc: &Service,
+    key: &str,
+    now: Timestamp,
+    opts: &Options,
+) -> Option<AnnounceExplain> {
+    let (w, assumed) = world_of(snap, now, opts);
+    let table = speaker::desired(&w);
+    let mine = table.service(key)?;
+    let decisions = mine
+        .iter()
+        .map(|(ip, d)| IpDecision {
+            ip: *ip,
+            reason: d.reason().into(),
+            message: d.to_string(),
+        })
+        .collect();
+    let winner = mine
+        .values()
+        .find_map(Decision::announcer)
+        .map(str::to_owned);
+
+    let names: BTreeSet<&String> = w.nodes.keys().chain(w.speakers.keys()).collect();
+    let mut nodes: Vec<NodeVerdict> = names
+        .into_iter()
+        .map(|n| {
+            let alone = speaker::desired(&only(&w, n));
+            let ds: Vec<&Decision> = alone
+                .service(key)
+                .map(|m| m.values().collect())
+                .unwrap_or_default();
+            let excluded = ds.iter().find_map(|d| match d {
+                Decision::NotAnnounced {
+                    reason: NotAnnouncedReason::NoEligibleNode { detail },
+                } => Some(
+                    detail
+                        .nodes
+                        .get(n)
+                        .map_or_else(|| "not eligible".into(), ToString::to_string),
+                ),
+                _ => None,
+            });
+            let (eligible, why) = match excluded {
+                Some(why) => (false, why),
+                None if ds.iter().any(|d| d.announcer().is_some()) => (
+                    true,
+                    if winner.as_deref() == Some(n.as_str()) {
+                        "elected".into()
+                    } else {
+                        "eligible".into()
+                    },
+                ),
+                None => (
+                    false,
+                    ds.first()
+                        .map_or("nothing to announce".into(), |d| d.reason().to_owned()),
+                ),
+            };
+            NodeVerdict {
+                node: n.clone(),
+                eligible,
+                why,
+            }
+        })
+        .collect();
+    nodes.sort_by_key(|v| (!v.eligible, v.why != "elected", v.node.clone()));
+
+    let mut failover_order = Vec::new();
+    let mut rest = w.clone();
+    while let Some(next) = speaker::desired(&rest)
+        .service(key)
+        .and_then(|m| m.values().find_map(Decision::announcer))
+        .map(str::to_owned)
+    {
+        rest.speakers.remove(&next);
+        failover_order.push(next);
+    }
+
+    let reported = service_condition(svc, conditions::ANNOUNCED).map(CondView::from);
+    let reported_node = announcements(svc).into_values().next().map(|a| a.node);
+    let agrees = reported.as_ref().map(|_| reported_node == winner);
+    Some(AnnounceExplain {
+        decisions,
+        winner,
+        nodes,
+        failover_order,
+        reported,
+        agrees,
+        speakers: speaker_leases(&snap.leases, now),
+        assumed_interfaces: assumed
+            .into_iter()
+            .map(|(n, i)| (n, i.into_iter().collect()))
+            .collect(),
+    })
+}
+
+/// The report as text.
+pub fn render(r: &ExplainReport, now: Timestamp) -> String {
+    let mut out = format!("Service {}\n", r.service);
+    if let Some(why) = &r.not_served {
+        out.push_str(&format!("  Not served by FerroLB: {why}.\n"));
+        return out;
+    }
+    out.push_str("\nADDRESSES\n");
+    if r.ips.is_empty() {
+        out.push_str("  No IP.\n");
+    }
+    for i in &r.ips {
+        out.push_str(&format!(
+            "  {} from pool {}\n",
+            i.ip,
+            i.pool
+                .as_deref()
+                .unwrap_or("(none: the IP is in no IPAddressPool)")
+        ));
+    }
+    if let Some(c) = &r.allocated {
+        out.push_str(&format!(
+            "  ferrolb.io/IPAllocated={} {} since {} ({}): {}\n",
+            c.status,
+            c.reason,
+            c.since,
+            age(&c.since, now),
+            c.message
+        ));
+    } else {
+        out.push_str("  No ferrolb.io/IPAllocated condition: is ferrolb-controller running?\n");
+    }
+    match &r.rule {
+        None => {}
+        Some(Rule::RequestedIp { source, ips }) => {
+            let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+            out.push_str(&format!(
+                "  Rule: requested IP {} ({source}); it is taken from the pool that holds it.\n",
+                ips.join(", ")
+            ));
+        }
+        Some(Rule::RequestedPool { source, pool }) => out.push_str(&format!(
+            "  Rule: requested pool {pool} ({source}); autoAssign does not matter.\n"
+        )),
+        Some(Rule::InvalidRequest { message }) => out.push_str(&format!(
+            "  Rule: none, the request is invalid: {message}\n"
+        )),
+        Some(Rule::Automatic { candidates }) => {
+            out.push_str(
+                "  Rule: automatic: the first ready autoAssign pool that admits it, in \
+                 candidate order\n  (priority, lowest first; then pools with \
+                 serviceAllocation; then the others; by name):\n",
+            );
+            let rows: Vec<Vec<String>> = candidates
+                .iter()
+                .enumerate()
+                .map(|(i, c)| vec![format!("  {}.", i + 1), c.pool.clone(), c.verdict.clone()])
+                .collect();
+            out.push_str(&table(&["  #", "POOL", "VERDICT"], &rows));
+            let first = candidates.iter().find(|c| c.admits);
+            let holder = candidates
+                .iter()
+                .find(|c| c.verdict.ends_with("holds its IP"));
+            if let (Some(f), Some(h)) = (first, holder)
+                && f.pool != h.pool
+            {
+                out.push_str(&format!(
+                    "  Pool {} comes first now, but an assigned IP is kept while it stays valid \
+                     (it was full, or changed, when the Service got its IP).\n",
+                    f.pool
+                ));
+            }
+        }
+    }
+    let Some(a) = &r.announcement else {
+        return out;
+    };
+    out.push_str(
+        "\nANNOUNCEMENT (the speaker's election code, run on the cluster's current objects)\n",
+    );
+    for d in &a.decisions {
+        out.push_str(&format!("  {}: {}\n", d.ip, d.message));
+    }
+    let rows: Vec<Vec<String>> = a
+        .nodes
+        .iter()
+        .map(|v| vec![format!("  {}", v.node), v.why.clone()])
+        .collect();
+    out.push_str(&table(&["  NODE", "VERDICT"], &rows));
+    if !a.failover_order.is_empty() {
+        out.push_str(&format!(
+            "  Failover order: {}\n",
+            a.failover_order.join(" -> ")
+        ));
+    }
+    match (&a.reported, a.agrees) {
+        (Some(c), Some(agrees)) => {
+            out.push_str(&format!(
+                "  Speakers report: {} since {} ({}): {}\n",
+                c.reason,
+                c.since,
+                age(&c.since, now),
+                c.message
+            ));
+            if !agrees {
+                out.push_str(
+                    "  The speakers' report differs from this computation: they judge liveness \
+                     by heartbeats and know their interfaces, the plugin only sees Leases \
+                     (below).\n",
+                );
+            }
+        }
+        _ => out.push_str("  Speakers report: no ferrolb.io/Announced condition yet.\n"),
+    }
+    let live: Vec<String> = a
+        .speakers
+        .iter()
+        .map(|s| format!("{}{}", s.node, if s.fresh { "" } else { " (stale)" }))
+        .collect();
+    out.push_str(&format!(
+        "  Liveness: speakers judge each other by heartbeats, which the plugin cannot hear; it \
+         counts a speaker alive when its Lease ferrolb-speaker-<node> was renewed within its \
+         leaseDurationSeconds. Speaker Leases: {}.\n",
+        if live.is_empty() {
+            "none".into()
+        } else {
+            live.join(", ")
+        }
+    ));
+    let ifs: Vec<String> = a
+        .assumed_interfaces
+        .iter()
+        .map(|(n, i)| format!("{n}: {}", i.join(",")))
+        .collect();
+    if !ifs.is_empty() {
+        out.push_str(&format!(
+            "  Interfaces assumed (seen in Announced conditions or named by L2Advertisements; \
+             {ANY_INTERFACE} = any usable): {}\n",
+            ifs.join("; ")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixtures::*;
+    use ferrolb_crds::ServiceAllocation;
+
+    const NOW: &str = "2025-01-01T12:00:00Z";
+
+    fn base() -> Snapshot {
+        let mut gold = with_status(pool("gold", &["203.0.113.16/28"]), (0, 16), true);
+        gold.spec.service_allocation = Some(ServiceAllocation {
+            priority: Some(1),
+            namespaces: vec!["prod".into()],
+            ..Default::default()
+        });
+        let lan = with_status(pool("lan", &["203.0.113.0/28"]), (1, 15), true);
+        let mut excluded = node("n3");
+        excluded.metadata.labels = Some(BTreeMap::from([(
+            speaker::EXCLUDE_LB_LABEL.to_string(),
+            String::new(),
+        )]));
+        Snapshot {
+            pools: vec![lan, gold],
+            advertisements: vec![adv("all")],
+            nodes: vec![node("n1"), node("n2"), excluded, node("n4")],
+            leases: vec![
+                lease("n1", "2025-01-01T11:59:30Z", 90),
+                lease("n2", "2025-01-01T11:59:30Z", 90),
+                lease("n3", "2025-01-01T11:59:30Z", 90),
+                lease("n4", "2025-01-01T10:00:00Z", 90),
+            ],
+            services: vec![svc("default", "web", &["203.0.113.1"])],
+            slices: vec![slice("default", "web", &["n1"])],
+            lb_class: ferrolb_crds::DEFAULT_LB_CLASS.into(),
+            ..Default::default()
+        }
+    }
+
+    fn explain(s: &Snapshot, ns: &str, name: &str) -> ExplainReport {
+        report(s, ns, name, t(NOW), &Options::default()).unwrap()
+    }
+
+    #[test]
+    fn automatic_allocation_lists_candidates_in_order() {
+        let r = explain(&base(), "default", "web");
+        assert_eq!(r.ips[0].pool.as_deref(), Some("lan"));
+        let Some(Rule::Automatic { candidates }) = &r.rule else {
+            panic!("{:?}", r.rule)
+        };
+        assert_eq!(candidates[0].pool, "gold", "a priority pool comes first");
+        assert!(!candidates[0].admits);
+        assert!(
+            candidates[0].verdict.contains("namespaces"),
+            "{candidates:?}"
+        );
+        assert_eq!(candidates[1].verdict, "admits it — holds its IP");
+    }
+
+    #[test]
+    fn requested_ip_and_pool_name_their_source() {
+        let mut s = base();
+        s.services = vec![
+            annotate(
+                svc("default", "a", &["203.0.113.5"]),
+                "metallb.universe.tf/loadBalancerIPs",
+                "203.0.113.5",
+            ),
+            annotate(
+                svc("default", "b", &["203.0.113.2"]),
+                "ferrolb.io/address-pool",
+                "lan",
+            ),
+        ];
+        s.services.push({
+            let mut c = svc("default", "c", &["203.0.113.3"]);
+            c.spec.as_mut().unwrap().load_balancer_ip = Some("203.0.113.3".into());
+            c
+        });
+        let r = explain(&s, "default", "a");
+        assert!(
+            matches!(&r.rule, Some(Rule::RequestedIp { source, .. }) if source.contains("metallb.universe.tf/loadBalancerIPs")),
+            "{:?}",
+            r.rule
+        );
+        let r = explain(&s, "default", "b");
+        assert_eq!(
+            r.rule,
+            Some(Rule::RequestedPool {
+                source: "annotation ferrolb.io/address-pool".into(),
+                pool: "lan".into()
+            })
+        );
+        let r = explain(&s, "default", "c");
+        assert!(
+            matches!(&r.rule, Some(Rule::RequestedIp { source, .. }) if source == "spec.loadBalancerIP")
+        );
+    }
+
+    #[test]
+    fn election_names_the_winner_and_why_others_lose() {
+        let r = explain(&base(), "default", "web");
+        let a = r.announcement.unwrap();
+        let winner = a.winner.clone().unwrap();
+        assert!(winner == "n1" || winner == "n2");
+        let why: BTreeMap<&str, &str> = a
+            .nodes
+            .iter()
+            .map(|v| (v.node.as_str(), v.why.as_str()))
+            .collect();
+        assert_eq!(why[winner.as_str()], "elected");
+        assert_eq!(why["n3"], "exclude-from-external-load-balancers label");
+        assert_eq!(why["n4"], "no live speaker", "a stale Lease is not alive");
+        assert_eq!(a.failover_order.len(), 2);
+        assert_eq!(a.failover_order[0], winner);
+        assert_eq!(a.agrees, None, "nothing reported yet");
+        assert_eq!(a.assumed_interfaces["n1"], ["*"]);
+        // The speakers' report is compared with the computation.
+        let mut s = base();
+        s.services[0] = add_cond(
+            s.services[0].clone(),
+            cond(
+                "ferrolb.io/Announced",
+                true,
+                "Announced",
+                &format!("node {winner} announces 203.0.113.1 on eth0"),
+                "2025-01-01T11:00:00Z",
+            ),
+        );
+        let r = explain(&s, "default", "web");
+        let a = r.announcement.unwrap();
+        assert_eq!(a.agrees, Some(true));
+        assert_eq!(a.assumed_interfaces[&winner], ["eth0"]);
+        let text = render(&explain(&s, "default", "web"), t(NOW));
+        assert!(text.contains("elected"), "{text}");
+        assert!(text.contains("Failover order"), "{text}");
+    }
+
+    #[test]
+    fn pending_and_unserved_services_say_why() {
+        let mut s = base();
+        s.services.push(add_cond(
+            svc("default", "waiting", &[]),
+            cond(
+                "ferrolb.io/IPAllocated",
+                false,
+                "NoMatchingPool",
+                "no IPAddressPool can serve default/waiting: pool \"x\" (named by the Service) does not exist",
+                "2025-01-01T11:00:00Z",
+            ),
+        ));
+        let mut other = svc("default", "other", &[]);
+        other.spec.as_mut().unwrap().load_balancer_class = Some("example.com/lb".into());
+        s.services.push(other);
+        let r = explain(&s, "default", "waiting");
+        assert!(r.announcement.is_none());
+        assert_eq!(r.allocated.as_ref().unwrap().reason, "NoMatchingPool");
+        let text = render(&r, t(NOW));
+        assert!(text.contains("IPAllocated=False NoMatchingPool"), "{text}");
+        let r = explain(&s, "default", "other");
+        assert!(r.not_served.unwrap().contains("example.com/lb"));
+        assert!(report(&s, "default", "missing", t(NOW), &Options::default()).is_none());
+    }
+
+    #[test]
+    fn advertisement_node_selectors_show_per_node() {
+        let mut s = base();
+        let mut a = adv("edge");
+        a.spec.node_selectors = vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: Some(BTreeMap::from([("edge".to_string(), "true".to_string())])),
+                ..Default::default()
+            },
+        ];
+        a.spec.interfaces = vec!["eth1".into()];
+        s.advertisements = vec![a];
+        s.nodes[1]
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert("edge".into(), "true".into());
+        let r = explain(&s, "default", "web");
+        let a = r.announcement.unwrap();
+        assert_eq!(a.winner.as_deref(), Some("n2"));
+        let n1 = a.nodes.iter().find(|v| v.node == "n1").unwrap();
+        assert_eq!(n1.why, "not selected by nodeSelectors");
+        assert_eq!(a.decisions[0].message, "announced by node n2 on eth1");
+    }
+}
