@@ -57,10 +57,27 @@ fn filled(config: PoolConfig, n: usize, family: Family) -> Allocator {
     a
 }
 
+/// A Service under the one sharing key "k", on the port all of them use.
+fn sharing(prefix: &str, i: usize) -> ServiceRequest {
+    ServiceRequest {
+        sharing_key: Some("k".to_owned()),
+        ..request(prefix, i, Family::V6)
+    }
+}
+
 /// Mean time per assign and per release of fresh Services, in batches the pool can absorb.
 fn measure(a: &mut Allocator, family: Family, free: usize) -> (Duration, Duration) {
+    measure_with(a, |i| request("new-", i, family), free)
+}
+
+/// [`measure`] with the fresh Services made by `make`.
+fn measure_with(
+    a: &mut Allocator,
+    make: impl Fn(usize) -> ServiceRequest,
+    free: usize,
+) -> (Duration, Duration) {
     let batch = free.clamp(1, 1000);
-    let requests: Vec<ServiceRequest> = (0..batch).map(|i| request("new-", i, family)).collect();
+    let requests: Vec<ServiceRequest> = (0..batch).map(make).collect();
     let (mut t_assign, mut t_release) = (Duration::ZERO, Duration::ZERO);
     let mut done = 0;
     while done < SAMPLES {
@@ -169,6 +186,23 @@ fn main() {
         n / 2,
         measure(&mut a, Family::V6, n / 2),
     );
+
+    // One sharing key, N holders that cannot share with each other (same port): each holds
+    // its own IP, so a new Service under that key finds no IP to join. The sharing index
+    // groups the key's IPs by what they hold, so this must not scan the N holders.
+    for n in [1_000, 10_000, 60_000] {
+        let n = n / scale;
+        let mut a = Allocator::new();
+        a.upsert_pool(pool("2001:db8::/112", false));
+        for i in 0..n {
+            a.assign(&sharing("held-", i)).expect("pool large enough");
+        }
+        row(
+            "IPv6 /112, N holders of one sharing key",
+            n,
+            measure_with(&mut a, |i| sharing("new-", i), 65_536 - n),
+        );
+    }
 
     let first: IpAddr = a.assigned(&ServiceKey::new("bench", "held-1")).unwrap()[0];
     black_box(first);

@@ -7,7 +7,8 @@
 //!                   ◀── Ok(IPs, primary first) | Err(AllocError)  │   (free set per fam) │
 //!                                                                 │ holders: IP → [svc]  │
 //!   status / metrics ◀── pool_state / pool_stats / assigned ───── │ services: svc → IPs  │
-//!                                                                 │ shared: key → {IP}   │
+//!                                                                 │ shared: key → what   │
+//!                                                                 │   the IP holds → {IP}│
 //!                                                                 └──────────────────────┘
 //! ```
 //!
@@ -16,8 +17,11 @@
 //!
 //! Cost: one allocation is O(pools · log fragments) — independent of pool size and of the
 //! number of held addresses, because each pool keeps free intervals per family (see
-//! [`free`]) and a per-sharing-key ordered set finds compatibly shared IPs. Pool changes are
-//! rare and may cost O(held addresses).
+//! [`free`]) and the sharing index groups the IPs of each sharing key by what they already
+//! carry (backends and the union of their holders' ports): a Service looking for an IP to
+//! join tests each group once, not each holder, so the cost grows with the number of
+//! distinct groups under its key (a handful in practice), not with the key's holders. Pool
+//! changes are rare and may cost O(held addresses).
 //!
 //! Contract with the glue: after `Err` from `assign`, the Service holds nothing (its old
 //! assignment no longer matched its request); after `Ok`, it holds exactly the returned IPs.
@@ -46,6 +50,36 @@ pub use service::{Backends, FamilyPolicy, Protocol, ServiceKey, ServiceRequest};
 use pool::Pool;
 use service::{Incompat, Share};
 
+/// What an IP shared under one key carries: its holders' common backends and the union
+/// of their ports. A Service may join any IP of a group whose backends equal its own and
+/// whose ports are disjoint from its own (the holders all agree on key and backends).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Carried {
+    backends: Backends,
+    /// Sorted and deduplicated.
+    ports: Vec<(Protocol, u16)>,
+}
+
+impl Carried {
+    /// Whether a Service with this profile (under the same key) may join the group's IPs.
+    fn admits(&self, share: &Share) -> bool {
+        self.backends == share.backends && disjoint(&self.ports, &share.ports)
+    }
+}
+
+/// Whether two sorted lists have no element in common.
+fn disjoint<T: Ord>(a: &[T], b: &[T]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => return false,
+        }
+    }
+    true
+}
+
 /// What one Service holds and how it shares it.
 #[derive(Clone, Debug)]
 struct Holding {
@@ -65,8 +99,9 @@ pub struct Allocator {
     /// Holders of every held IP, sorted; never empty. Keys are shared with `services`.
     holders: HashMap<IpAddr, Vec<Arc<ServiceKey>>>,
     services: HashMap<Arc<ServiceKey>, Holding>,
-    /// Sharing key → IPs held under that key, ordered, to find the lowest shareable IP fast.
-    shared: HashMap<String, BTreeSet<IpAddr>>,
+    /// Sharing key → what an IP under that key carries → those IPs, ordered: finds the
+    /// lowest IP a Service may join without visiting incompatible holders one by one.
+    shared: HashMap<String, HashMap<Carried, BTreeSet<IpAddr>>>,
     /// Counts every change that can make a held IP available to someone else: a holder
     /// released it, or changed its ports, backends or sharing key.
     loosened: u64,
@@ -249,16 +284,17 @@ impl Allocator {
 
     /// Takes one IP from a Service's holding; an emptied holding is removed.
     fn drop_ip(&mut self, key: &ServiceKey, ip: IpAddr) {
-        let Some(holding) = self.services.get_mut(key) else {
+        if !self.services.contains_key(key) {
             return;
-        };
+        }
+        self.loosened += 1;
+        // Unheld while the holding still lists it, so the sharing index sees what it carried.
+        self.unhold(ip, key);
+        let holding = self.services.get_mut(key).expect("still held");
         holding.ips.retain(|i| *i != ip);
-        let share_key = holding.share.key.clone();
         if holding.ips.is_empty() {
             self.services.remove(key);
         }
-        self.loosened += 1;
-        self.unhold(ip, key, share_key.as_deref());
     }
 
     // ── services ─────────────────────────────────────────────────────────────────────────
@@ -277,16 +313,13 @@ impl Allocator {
 
     /// Frees a Service's IPs; returns those no longer held by anyone (a shared IP stays held).
     pub fn release(&mut self, key: &ServiceKey) -> Vec<IpAddr> {
-        let Some(holding) = self.services.remove(key) else {
+        let Some(ips) = self.services.get(key).map(|h| h.ips.clone()) else {
             return Vec::new();
         };
         self.loosened += 1;
-        let mut freed = Vec::new();
-        for ip in holding.ips {
-            if self.unhold(ip, key, holding.share.key.as_deref()) {
-                freed.push(ip);
-            }
-        }
+        // Unheld while its holding still exists, so the sharing index sees what it carried.
+        let freed = ips.into_iter().filter(|ip| self.unhold(*ip, key)).collect();
+        self.services.remove(key);
         freed
     }
 
@@ -376,7 +409,7 @@ impl Allocator {
                 if let Some(extra) = self.second_family(svc, &wanted, &share, &ips) {
                     // A Service that became dual-stack gains its second family from the
                     // pool of its first, which does not move.
-                    self.hold(extra, &Arc::new(svc.key.clone()), share.key.as_deref());
+                    self.hold(extra, &Arc::new(svc.key.clone()));
                     ips.push(extra);
                     ips = order_by(&ips, &wanted);
                 }
@@ -637,7 +670,8 @@ impl Allocator {
         best.map(|v| f.ip_from_bits(v))
     }
 
-    /// The lowest IP of `pool` held under sharing key `k` that this Service may join, below `bound`.
+    /// The lowest IP of `pool` held under sharing key `k` that this Service may join, below
+    /// `bound`: the lowest of each admitting group, one ordered-set lookup per group.
     fn lowest_shared(
         &self,
         pool: &Pool,
@@ -647,17 +681,39 @@ impl Allocator {
         share: &Share,
         bound: Option<u128>,
     ) -> Option<u128> {
-        let set = self.shared.get(k)?;
-        let ranges = pool.config.addresses.ranges(f);
-        let lo = ranges.first()?.bounds().0;
-        let mut hi = ranges.last()?.bounds().1;
-        if let Some(b) = bound {
-            hi = hi.min(b.checked_sub(1)?);
+        let groups = self.shared.get(k)?;
+        let mut best = bound;
+        for (_, ips) in groups.iter().filter(|(c, _)| c.admits(share)) {
+            if let Some(v) = lowest_in(pool, f, ips, best) {
+                best = Some(v);
+            }
         }
-        if hi < lo {
-            return None;
-        }
-        set.range(f.ip_from_bits(lo)..=f.ip_from_bits(hi))
+        let found = best.filter(|b| Some(*b) != bound);
+        #[cfg(test)]
+        assert_eq!(
+            found,
+            self.lowest_shared_by_scan(pool, f, k, key, share, bound),
+            "the sharing index and a scan of every holder disagree"
+        );
+        found
+    }
+
+    /// What [`lowest_shared`](Self::lowest_shared) must return, by visiting every IP under
+    /// the key and every holder of it: the tests' reference.
+    #[cfg(test)]
+    fn lowest_shared_by_scan(
+        &self,
+        pool: &Pool,
+        f: Family,
+        k: &str,
+        key: &ServiceKey,
+        share: &Share,
+        bound: Option<u128>,
+    ) -> Option<u128> {
+        let mut ips: Vec<&IpAddr> = self.shared.get(k)?.values().flatten().collect();
+        ips.sort();
+        ips.into_iter()
+            .filter(|ip| Family::of(**ip) == f && bound.is_none_or(|b| to_bits(**ip) < b))
             .find(|ip| {
                 pool.contains(**ip)
                     && !pool.avoids(**ip)
@@ -854,36 +910,39 @@ impl Allocator {
     /// Records a new holding (the Service holds nothing yet).
     fn adopt(&mut self, key: &ServiceKey, ips: Vec<IpAddr>, share: Share) {
         let key = Arc::new(key.clone());
-        for &ip in &ips {
-            self.hold(ip, &key, share.key.as_deref());
+        self.services.insert(
+            Arc::clone(&key),
+            Holding {
+                ips: ips.clone(),
+                share,
+            },
+        );
+        for ip in ips {
+            self.hold(ip, &key);
         }
-        self.services.insert(key, Holding { ips, share });
     }
 
-    /// Replaces a kept holding's order and sharing profile, re-indexing a changed sharing key.
+    /// Replaces a kept holding's order and sharing profile, re-indexing what its IPs carry.
     fn update_holding(&mut self, key: &ServiceKey, ips: Vec<IpAddr>, share: Share) {
-        let holding = self.services.get_mut(key).expect("kept holding exists");
-        if holding.share != share {
-            self.loosened += 1;
-        }
-        let old = std::mem::replace(&mut holding.share, share);
-        holding.ips = ips.clone();
-        let new_key = holding.share.key.clone();
-        if old.key == new_key {
+        let holding = self.services.get(key).expect("kept holding exists");
+        if holding.share == share {
+            self.services.get_mut(key).expect("exists").ips = ips;
             return;
         }
-        for ip in ips {
-            if let Some(k) = &old.key {
-                self.unindex_shared(ip, key, k);
-            }
-            if let Some(k) = &new_key {
-                self.shared.entry(k.clone()).or_default().insert(ip);
-            }
+        self.loosened += 1;
+        let before: Vec<_> = ips.iter().map(|ip| self.carried(*ip)).collect();
+        let holding = self.services.get_mut(key).expect("exists");
+        holding.share = share;
+        holding.ips = ips.clone();
+        for (ip, was) in ips.into_iter().zip(before) {
+            self.reindex(ip, was);
         }
     }
 
-    /// Adds `key` as a holder of `ip`; the first holder takes the IP from every containing pool.
-    fn hold(&mut self, ip: IpAddr, key: &Arc<ServiceKey>, share_key: Option<&str>) {
+    /// Adds `key` (already in `services`) as a holder of `ip`; the first holder takes the IP
+    /// from every containing pool.
+    fn hold(&mut self, ip: IpAddr, key: &Arc<ServiceKey>) {
+        let was = self.carried(ip);
         let hs = self.holders.entry(ip).or_default();
         if hs.is_empty() {
             let (f, v) = (Family::of(ip), to_bits(ip));
@@ -895,13 +954,12 @@ impl Allocator {
         if let Err(pos) = hs.binary_search_by(|h| (**h).cmp(key)) {
             hs.insert(pos, Arc::clone(key));
         }
-        if let Some(k) = share_key {
-            self.shared.entry(k.to_owned()).or_default().insert(ip);
-        }
+        self.reindex(ip, was);
     }
 
     /// Removes `key` as a holder of `ip`; true when nobody holds it any more (it is free again).
-    fn unhold(&mut self, ip: IpAddr, key: &ServiceKey, share_key: Option<&str>) -> bool {
+    fn unhold(&mut self, ip: IpAddr, key: &ServiceKey) -> bool {
+        let was = self.carried(ip);
         let Some(hs) = self.holders.get_mut(&ip) else {
             return false;
         };
@@ -909,9 +967,6 @@ impl Allocator {
             hs.remove(pos);
         }
         let freed = hs.is_empty();
-        if let Some(k) = share_key {
-            self.unindex_shared(ip, key, k);
-        }
         if freed {
             self.holders.remove(&ip);
             let (f, v) = (Family::of(ip), to_bits(ip));
@@ -919,26 +974,75 @@ impl Allocator {
                 p.free_mut(f).give(v);
             }
         }
+        self.reindex(ip, was);
         freed
     }
 
-    /// Drops `ip` from the sharing index of `k` unless a holder other than `key` still uses `k`.
-    fn unindex_shared(&mut self, ip: IpAddr, key: &ServiceKey, k: &str) {
-        let still = self.holders.get(&ip).is_some_and(|hs| {
-            hs.iter().any(|h| {
-                **h != *key && self.services.get(h).and_then(|s| s.share.key.as_deref()) == Some(k)
-            })
-        });
-        if still {
+    /// The sharing key of `ip` and what it carries; `None` when it is free or its holder
+    /// does not share. Compatible holders all have the same key and backends.
+    fn carried(&self, ip: IpAddr) -> Option<(String, Carried)> {
+        let hs = self.holders.get(&ip)?;
+        let first = &self.services.get(hs.first()?)?.share;
+        let key = first.key.clone()?;
+        let mut ports: Vec<(Protocol, u16)> = hs
+            .iter()
+            .filter_map(|h| self.services.get(h))
+            .flat_map(|h| h.share.ports.iter().copied())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        let backends = first.backends.clone();
+        Some((key, Carried { backends, ports }))
+    }
+
+    /// Moves `ip` in the sharing index from the group it was in (`was`) to the one it is in now.
+    fn reindex(&mut self, ip: IpAddr, was: Option<(String, Carried)>) {
+        let now = self.carried(ip);
+        if now == was {
             return;
         }
-        if let Some(set) = self.shared.get_mut(k) {
-            set.remove(&ip);
-            if set.is_empty() {
-                self.shared.remove(k);
+        if let Some((k, c)) = was
+            && let Some(groups) = self.shared.get_mut(&k)
+        {
+            if let Some(set) = groups.get_mut(&c) {
+                set.remove(&ip);
+                if set.is_empty() {
+                    groups.remove(&c);
+                }
+            }
+            if groups.is_empty() {
+                self.shared.remove(&k);
             }
         }
+        if let Some((k, c)) = now {
+            self.shared
+                .entry(k)
+                .or_default()
+                .entry(c)
+                .or_default()
+                .insert(ip);
+        }
     }
+}
+
+/// The lowest IP of `ips` inside `pool`'s family-`f` ranges, not avoided, below `bound`.
+fn lowest_in(pool: &Pool, f: Family, ips: &BTreeSet<IpAddr>, bound: Option<u128>) -> Option<u128> {
+    for range in pool.config.addresses.ranges(f) {
+        let (lo, mut hi) = range.bounds();
+        if let Some(b) = bound {
+            hi = hi.min(b.checked_sub(1)?);
+        }
+        if hi < lo {
+            return None;
+        }
+        let first = ips
+            .range(f.ip_from_bits(lo)..=f.ip_from_bits(hi))
+            .find(|ip| !pool.avoids(**ip));
+        if let Some(ip) = first {
+            return Some(to_bits(*ip));
+        }
+    }
+    None
 }
 
 /// Checks what the glue should already guarantee; returns the wanted families.
@@ -1038,24 +1142,20 @@ impl Allocator {
                         "{a} and {b} share {ip} incompatibly"
                     );
                 }
-                if let Some(k) = &sa.key {
-                    assert!(
-                        self.shared.get(k).is_some_and(|s| s.contains(ip)),
-                        "{ip} not indexed under {k}"
-                    );
-                }
             }
         }
-        for (k, set) in &self.shared {
-            assert!(!set.is_empty());
-            for ip in set {
-                let hs = self.holders.get(ip).expect("indexed IP is held");
-                assert!(
-                    hs.iter()
-                        .any(|h| self.services[h].share.key.as_deref() == Some(k))
-                );
+        let mut expected: HashMap<String, HashMap<Carried, BTreeSet<IpAddr>>> = HashMap::new();
+        for ip in self.holders.keys() {
+            if let Some((k, c)) = self.carried(*ip) {
+                expected
+                    .entry(k)
+                    .or_default()
+                    .entry(c)
+                    .or_default()
+                    .insert(*ip);
             }
         }
+        assert_eq!(expected, self.shared, "the sharing index drifted");
         for p in self.pools.values() {
             let mut fresh = p.clone();
             fresh.rebuild(self.holders.keys().copied());
