@@ -689,6 +689,10 @@ impl Allocator {
             }
         }
         let found = best.filter(|b| Some(*b) != bound);
+        debug_assert!(
+            found.is_none_or(|v| self.check_compat(key, share, f.ip_from_bits(v)).is_ok()),
+            "the sharing index offered an IP the Service cannot join"
+        );
         #[cfg(test)]
         assert_eq!(
             found,
