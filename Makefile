@@ -21,6 +21,17 @@ test-k8s: build ## The suite against a real kube-apiserver: install, controller,
 unit: ## Unit and property tests only (no API server, no root)
 	$(CARGO) nextest run --workspace --lib
 
+# promtool comes with Debian's `prometheus` package. The PrometheusRule's spec becomes a
+# plain rules file (its body, two spaces less indented) next to copies of the tests.
+ALERTS_DIR := target/alerts
+test-alerts: ## Alert rules: promtool check + unit tests on synthetic series (needs promtool)
+	@command -v promtool >/dev/null || { echo "promtool not found: apt-get install prometheus" >&2; exit 1; }
+	rm -rf $(ALERTS_DIR) && mkdir -p $(ALERTS_DIR)
+	awk 'f { sub(/^  /, ""); print } /^spec:/ { f = 1 }' deploy/prometheus/prometheusrule.yaml > $(ALERTS_DIR)/ferrolb.rules.yaml
+	cp deploy/prometheus/tests/*.yaml $(ALERTS_DIR)/
+	promtool check rules $(ALERTS_DIR)/ferrolb.rules.yaml
+	cd $(ALERTS_DIR) && promtool test rules $(notdir $(wildcard deploy/prometheus/tests/*.yaml))
+
 lint: fmt-check clippy crds-check ## Everything CI checks besides tests
 
 fmt-check: ## Formatting
@@ -45,4 +56,4 @@ demo: build ## Live demo in network namespaces: a pool, a Service, a client, a f
 figures: build ## Lab figures: failover p50/p99, ARP/NDP latency, speaker RSS, API writes (root)
 	$(CARGO) run -q --release -p ferrolb-lab --bin figures
 
-.PHONY: help build test test-k8s unit lint fmt-check clippy crds crds-check bench demo figures
+.PHONY: help build test test-k8s test-alerts unit lint fmt-check clippy crds crds-check bench demo figures

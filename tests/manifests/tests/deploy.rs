@@ -1,7 +1,8 @@
 //! What `kubectl apply -k deploy/` installs, checked without a cluster: every document
 //! parses into its typed API struct without losing a key, references resolve (service
 //! accounts, roles, CRDs, the Secret, the image's binaries), the security posture is the
-//! documented one, and the generated CRDs are current.
+//! documented one, and the generated CRDs are current. The CRDs are a kustomization of their
+//! own (deploy/crds), never part of deploy/, so deleting deploy/ never deletes a pool.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -186,7 +187,7 @@ fn every_document_is_well_formed_typed_and_unique() {
 }
 
 #[test]
-fn the_namespace_and_crds_come_first_and_every_crd_is_installed() {
+fn the_namespace_comes_first_and_crds_are_installed_apart() {
     let files: Vec<String> = kustomization_files("deploy")
         .unwrap()
         .iter()
@@ -197,19 +198,113 @@ fn the_namespace_and_crds_come_first_and_every_crd_is_installed() {
         Some("deploy/namespace.yaml"),
         "{files:?}"
     );
-    for (file, _) in ferrolb_crds::crds() {
-        assert!(
-            files.contains(&format!("deploy/crds/{file}")),
-            "deploy/kustomization.yaml misses crds/{file}"
-        );
-    }
-    let on_disk = std::fs::read_dir(ferrolb_manifests_test::repo_root().join("deploy/crds"))
+    // `kubectl delete -k deploy/` must never delete a CRD: that deletes every pool.
+    assert!(
+        !files.iter().any(|f| f.starts_with("deploy/crds/")),
+        "deploy/kustomization.yaml must not list the CRDs: {files:?}"
+    );
+    assert!(
+        installed()
+            .iter()
+            .all(|d| d.kind() != "CustomResourceDefinition"),
+        "deploy/ installs a CRD"
+    );
+    // deploy/crds has its own kustomization, listing exactly what crdgen writes.
+    let crd_files: BTreeSet<String> = kustomization_files("deploy/crds")
         .unwrap()
-        .count();
+        .iter()
+        .map(|p| p.to_string_lossy().replace('\\', "/"))
+        .collect();
+    let generated: BTreeSet<String> = ferrolb_crds::crds()
+        .into_iter()
+        .map(|(file, _)| format!("deploy/crds/{file}"))
+        .collect();
+    assert_eq!(crd_files, generated, "deploy/crds/kustomization.yaml");
+    for d in kustomization_docs("deploy/crds").unwrap() {
+        assert_eq!(d.kind(), "CustomResourceDefinition", "{d}");
+    }
+    let mut on_disk: Vec<String> =
+        std::fs::read_dir(ferrolb_manifests_test::repo_root().join("deploy/crds"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "kustomization.yaml")
+            .collect();
+    on_disk.sort();
     assert_eq!(
-        on_disk,
+        on_disk.len(),
         ferrolb_crds::crds().len(),
-        "deploy/crds holds a file crdgen does not write"
+        "deploy/crds holds a file crdgen does not write: {on_disk:?}"
+    );
+}
+
+/// deploy/prometheus: metrics Services that reach both workloads' `metrics` ports, a
+/// ServiceMonitor that selects them, and a PrometheusRule whose alerts all have a severity,
+/// a summary and a description.
+#[test]
+fn prometheus_objects_fit_the_workloads() {
+    let docs = kustomization_docs("deploy/prometheus").unwrap_or_else(|e| panic!("{e}"));
+    let deployed = installed();
+    let services: Vec<&Doc> = docs.iter().filter(|d| d.kind() == "Service").collect();
+    assert_eq!(services.len(), 2, "a metrics Service per workload");
+    for d in &services {
+        assert_eq!(d.namespace(), Some(NAMESPACE), "{d}");
+        let svc: Service = typed(d);
+        let spec = svc.spec.unwrap();
+        let selector = spec.selector.unwrap_or_default();
+        let matched: Vec<(PodSpec, &Doc)> = workloads(&deployed)
+            .into_iter()
+            .filter(|(_, w)| {
+                let labels = &w.value["spec"]["template"]["metadata"]["labels"];
+                selector.iter().all(|(k, v)| labels[k] == v.as_str())
+            })
+            .collect();
+        assert_eq!(matched.len(), 1, "{d} selects exactly one workload");
+        let (pod, _) = &matched[0];
+        let port = &spec.ports.unwrap()[0];
+        let target = match &port.target_port {
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) => s.clone(),
+            other => panic!("{d}: targetPort must name the container port, not {other:?}"),
+        };
+        let container_port = pod.containers[0]
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(target.as_str()))
+            .unwrap_or_else(|| panic!("{d}: no container port {target}"));
+        assert_eq!(port.port, container_port.container_port, "{d}");
+    }
+    let monitor = one(&docs, "ServiceMonitor", "ferrolb");
+    let want = &monitor.value["spec"]["selector"]["matchLabels"];
+    for d in &services {
+        let labels = &d.value["metadata"]["labels"];
+        for (k, v) in want.as_object().unwrap() {
+            assert_eq!(&labels[k], v, "{d} is not selected by the ServiceMonitor");
+        }
+        let port = &d.value["spec"]["ports"][0]["name"];
+        assert_eq!(port, &monitor.value["spec"]["endpoints"][0]["port"], "{d}");
+    }
+    let rule = one(&docs, "PrometheusRule", "ferrolb");
+    let mut alerts = 0;
+    for g in rule.value["spec"]["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            alerts += 1;
+            let name = r["alert"].as_str().expect("every rule is an alert");
+            assert!(r["labels"]["severity"].is_string(), "{name}: no severity");
+            for a in ["summary", "description"] {
+                assert!(r["annotations"][a].is_string(), "{name}: no {a}");
+            }
+        }
+    }
+    assert!(alerts >= 8, "{alerts} alerts");
+    // The PrometheusRule is the last document-level key `spec:`, so `make test-alerts` can
+    // cut its body out with awk.
+    let text = read("deploy/prometheus/prometheusrule.yaml").unwrap();
+    let after_spec = text.split_once("\nspec:\n").expect("a top-level spec:").1;
+    assert!(
+        after_spec
+            .lines()
+            .all(|l| l.is_empty() || l.starts_with("  ")),
+        "nothing may follow spec: at the top level"
     );
 }
 
