@@ -216,7 +216,7 @@ fn source(svc: &Service, canonical: &str, aliases: &[service::AliasUsed]) -> Opt
     aliases
         .iter()
         .find(|a| a.canonical == canonical)
-        .map(|a| format!("annotation {} (MetalLB spelling of {canonical})", a.found))
+        .map(|a| format!("annotation {}, MetalLB's spelling of {canonical}", a.found))
 }
 
 fn rule(snap: &Snapshot, svc: &Service, ips: &[IpOrigin]) -> Rule {
@@ -579,12 +579,20 @@ pub fn render(r: &ExplainReport, now: Timestamp) -> String {
     for d in &a.decisions {
         out.push_str(&format!("  {}: {}\n", d.ip, d.message));
     }
-    let rows: Vec<Vec<String>> = a
-        .nodes
-        .iter()
-        .map(|v| vec![format!("  {}", v.node), v.why.clone()])
-        .collect();
-    out.push_str(&table(&["  NODE", "VERDICT"], &rows));
+    let config_level = a.winner.is_none()
+        && a.decisions.iter().all(|d| d.reason != "NoEligibleNode")
+        && a.nodes.iter().all(|v| !v.eligible);
+    if config_level {
+        // The reason holds whatever the node: a table of identical rows says nothing more.
+        out.push_str("  No node may announce it, whichever node: see the reason above.\n");
+    } else {
+        let rows: Vec<Vec<String>> = a
+            .nodes
+            .iter()
+            .map(|v| vec![format!("  {}", v.node), v.why.clone()])
+            .collect();
+        out.push_str(&table(&["  NODE", "VERDICT"], &rows));
+    }
     if !a.failover_order.is_empty() {
         out.push_str(&format!(
             "  Failover order: {}\n",
