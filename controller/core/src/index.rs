@@ -271,10 +271,17 @@ impl Index {
                 }
             }
         }
-        let mut order: Vec<Service> = self.services.values().cloned().collect();
-        order.sort_by_key(|s| (creation(s), service::key_of(s)));
-        for svc in &order {
-            self.claim(svc);
+        // Oldest first, by reference: no copy of the cache.
+        let mut order: Vec<(i64, &ServiceKey)> = self
+            .services
+            .iter()
+            .map(|(k, s)| (creation(s), k))
+            .collect();
+        order.sort();
+        for (_, key) in order {
+            let svc = &self.services[key];
+            let ns = namespace_labels(&self.namespaces, svc);
+            claim(&mut self.alloc, &mut self.evicted, &self.lb_class, &ns, svc);
         }
         self.dirty = self.services.keys().cloned().collect();
     }
@@ -288,48 +295,8 @@ impl Index {
         self.pending.clear();
     }
 
-    fn claim(&mut self, svc: &Service) {
-        if !service::is_handled(svc, &self.lb_class) {
-            return;
-        }
-        let ips = service::status_ips(svc);
-        if ips.is_empty() {
-            return;
-        }
-        let ns = self.namespace_labels(svc);
-        // A request that does not parse (a bad edit) must not cost the IPs the Service
-        // holds: claim them as if it requested nothing; the next round reports the error.
-        let parsed = service::parse(svc, &ns)
-            .or_else(|_| service::parse(&service::without_requests(svc), &ns));
-        if let Ok(parsed) = parsed {
-            // An IP no longer in any pool (one family of the pool shrank while no one led)
-            // goes alone: the Service keeps the others rather than losing all and being
-            // allocated anew behind younger Services.
-            let (keep, gone): (Vec<IpAddr>, Vec<IpAddr>) = ips
-                .iter()
-                .partition(|ip| self.alloc.pool_of(**ip).is_some());
-            let key = service::key_of(svc);
-            if !gone.is_empty() {
-                self.evicted.insert(
-                    key.clone(),
-                    format!("{} is in no IPAddressPool any more", join(&gone)),
-                );
-            }
-            if keep.is_empty() {
-                return;
-            }
-            // A failed claim (held incompatibly by an older Service) leaves the Service to
-            // be allocated again, with an Event saying why.
-            if let Err(e) = self.alloc.claim(&parsed.request, &keep) {
-                self.evicted
-                    .insert(key, format!("{} could not be kept: {e}", join(&keep)));
-            }
-        }
-    }
-
     fn namespace_labels(&self, svc: &Service) -> BTreeMap<String, String> {
-        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
-        self.namespaces.get(ns).cloned().unwrap_or_default()
+        namespace_labels(&self.namespaces, svc)
     }
 
     fn capacity_changed(&mut self) {
@@ -507,15 +474,18 @@ impl Index {
 
     /// A Service was created or changed.
     pub fn apply_service(&mut self, svc: Service) {
+        let svc = service::slim(svc);
         let key = service::key_of(&svc);
         // Edited (or its status moved on): a refused write may pass now.
         self.rejected.remove(&Target::Service(key.clone()));
         let first_sight = !self.services.contains_key(&key);
         self.track_shown(&key, Some(&svc));
-        self.services.insert(key.clone(), svc.clone());
+        self.services.insert(key.clone(), svc);
         if self.built {
             if first_sight {
-                self.claim(&svc);
+                let svc = &self.services[&key];
+                let ns = namespace_labels(&self.namespaces, svc);
+                claim(&mut self.alloc, &mut self.evicted, &self.lb_class, &ns, svc);
             }
             self.dirty.insert(key);
         }
@@ -1041,6 +1011,60 @@ fn alias_event(a: &AliasUsed) -> EventSpec {
         reason: "AnnotationAlias".into(),
         note: format!("honoured {} as {}", a.found, a.canonical),
     }
+}
+
+/// Claims the IPs `svc`'s status shows (restart and handover safety), recording in
+/// `evicted` why any could not be kept. A free function over the fields it needs, so the
+/// caller can pass a Service borrowed from the cache.
+fn claim(
+    alloc: &mut Allocator,
+    evicted: &mut HashMap<ServiceKey, String>,
+    lb_class: &str,
+    ns: &BTreeMap<String, String>,
+    svc: &Service,
+) {
+    if !service::is_handled(svc, &lb_class) {
+        return;
+    }
+    let ips = service::status_ips(svc);
+    if ips.is_empty() {
+        return;
+    }
+    // A request that does not parse (a bad edit) must not cost the IPs the Service
+    // holds: claim them as if it requested nothing; the next round reports the error.
+    let parsed =
+        service::parse(svc, ns).or_else(|_| service::parse(&service::without_requests(svc), ns));
+    if let Ok(parsed) = parsed {
+        // An IP no longer in any pool (one family of the pool shrank while no one led)
+        // goes alone: the Service keeps the others rather than losing all and being
+        // allocated anew behind younger Services.
+        let (keep, gone): (Vec<IpAddr>, Vec<IpAddr>) =
+            ips.iter().partition(|ip| alloc.pool_of(**ip).is_some());
+        let key = service::key_of(svc);
+        if !gone.is_empty() {
+            evicted.insert(
+                key.clone(),
+                format!("{} is in no IPAddressPool any more", join(&gone)),
+            );
+        }
+        if keep.is_empty() {
+            return;
+        }
+        // A failed claim (held incompatibly by an older Service) leaves the Service to
+        // be allocated again, with an Event saying why.
+        if let Err(e) = alloc.claim(&parsed.request, &keep) {
+            evicted.insert(key, format!("{} could not be kept: {e}", join(&keep)));
+        }
+    }
+}
+
+/// The labels of `svc`'s namespace (empty when unknown: callers wait for it first).
+fn namespace_labels(
+    namespaces: &HashMap<String, BTreeMap<String, String>>,
+    svc: &Service,
+) -> BTreeMap<String, String> {
+    let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+    namespaces.get(ns).cloned().unwrap_or_default()
 }
 
 fn name_of<K: kube::Resource>(o: &K) -> String {

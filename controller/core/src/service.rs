@@ -23,6 +23,84 @@ pub fn key_of(svc: &Service) -> ServiceKey {
     }
 }
 
+/// `svc` reduced to what the controller reads: identity and version, labels (pool
+/// selectors), FerroLB's and MetalLB's annotations, the spec fields a request is made of,
+/// the published ingress and the conditions (written back whole). The cache holds one of
+/// these per Service of the cluster, so everything else (managed fields, other
+/// annotations, cluster IPs, node ports, ...) is dropped on arrival.
+pub fn slim(svc: Service) -> Service {
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    let ours = |k: &str| {
+        k.strip_prefix(ferrolb_crds::GROUP)
+            .is_some_and(|rest| rest.starts_with('/'))
+            || annotations::ALIAS_PREFIXES.iter().any(|p| k.starts_with(p))
+    };
+    let m = svc.metadata;
+    let annotations = m
+        .annotations
+        .map(|a| {
+            a.into_iter()
+                .filter(|(k, _)| ours(k))
+                .collect::<BTreeMap<_, _>>()
+        })
+        .filter(|a| !a.is_empty());
+    let metadata = ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        creation_timestamp: m.creation_timestamp,
+        generation: m.generation,
+        labels: m.labels,
+        annotations,
+        ..Default::default()
+    };
+    let spec = svc.spec.map(|s| ServiceSpec {
+        type_: s.type_,
+        load_balancer_class: s.load_balancer_class,
+        ip_families: s.ip_families,
+        ip_family_policy: s.ip_family_policy,
+        load_balancer_ip: s.load_balancer_ip,
+        external_traffic_policy: s.external_traffic_policy,
+        selector: s.selector,
+        ports: s.ports.map(|ports| {
+            ports
+                .into_iter()
+                .map(|p| ServicePort {
+                    port: p.port,
+                    protocol: p.protocol,
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        ..Default::default()
+    });
+    let status = svc.status.map(|s| ServiceStatus {
+        load_balancer: s.load_balancer.map(|lb| LoadBalancerStatus {
+            ingress: lb.ingress.map(|ingress| {
+                ingress
+                    .into_iter()
+                    .map(|i| LoadBalancerIngress {
+                        ip: i.ip,
+                        hostname: i.hostname,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+        }),
+        conditions: s.conditions,
+    });
+    Service {
+        metadata,
+        spec,
+        status,
+    }
+}
+
 /// Whether FerroLB serves this Service: `type: LoadBalancer` with no class or our class.
 pub fn is_handled(svc: &Service, lb_class: &str) -> bool {
     let Some(spec) = &svc.spec else { return false };
@@ -240,6 +318,88 @@ mod tests {
         );
         s.spec = Some(spec);
         s
+    }
+
+    #[test]
+    fn slim_keeps_what_a_request_and_a_status_write_are_made_of() {
+        use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+        let mut full = svc(
+            &[
+                (annotations::LOAD_BALANCER_IPS, "203.0.113.7"),
+                ("metallb.universe.tf/allow-shared-ip", "k"),
+                ("kubectl.kubernetes.io/last-applied-configuration", "{...}"),
+                ("ferrolb.io.example.org/other", "x"),
+            ],
+            ServiceSpec {
+                cluster_ip: Some("10.96.0.10".into()),
+                external_traffic_policy: Some("Local".into()),
+                selector: Some(BTreeMap::from([("app".into(), "web".into())])),
+                ports: Some(vec![ServicePort {
+                    port: 443,
+                    protocol: Some("TCP".into()),
+                    node_port: Some(31443),
+                    name: Some("https".into()),
+                    ..Default::default()
+                }]),
+                ip_family_policy: Some("PreferDualStack".into()),
+                ..lb()
+            },
+        );
+        full.metadata.labels = Some(BTreeMap::from([("tier".into(), "edge".into())]));
+        full.metadata.resource_version = Some("42".into());
+        full.metadata.uid = Some("u-1".into());
+        full.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![LoadBalancerIngress {
+                    ip: Some("203.0.113.7".into()),
+                    ip_mode: Some("VIP".into()),
+                    ..Default::default()
+                }]),
+            }),
+            conditions: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                    type_: "ferrolb.io/Announced".into(),
+                    status: "True".into(),
+                    reason: "Announced".into(),
+                    message: String::new(),
+                    last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                    ),
+                    observed_generation: None,
+                },
+            ]),
+        });
+        let slim = slim(full.clone());
+        let ns = BTreeMap::new();
+        assert_eq!(parse(&slim, &ns), parse(&full, &ns), "same request");
+        assert_eq!(status_ips(&slim), status_ips(&full));
+        assert_eq!(key_of(&slim), key_of(&full));
+        assert!(is_handled(&slim, "c"));
+        assert_eq!(slim.metadata.labels, full.metadata.labels);
+        assert_eq!(slim.metadata.resource_version.as_deref(), Some("42"));
+        assert_eq!(slim.metadata.uid.as_deref(), Some("u-1"));
+        assert_eq!(
+            slim.status
+                .as_ref()
+                .unwrap()
+                .conditions
+                .as_ref()
+                .unwrap()
+                .len(),
+            1
+        );
+        let annos: Vec<&String> = slim.metadata.annotations.as_ref().unwrap().keys().collect();
+        assert_eq!(
+            annos,
+            [
+                annotations::LOAD_BALANCER_IPS,
+                "metallb.universe.tf/allow-shared-ip"
+            ],
+            "only FerroLB's and MetalLB's annotations stay"
+        );
+        let spec = slim.spec.unwrap();
+        assert_eq!(spec.cluster_ip, None);
+        assert_eq!(spec.ports.unwrap()[0].node_port, None);
     }
 
     fn lb() -> ServiceSpec {
