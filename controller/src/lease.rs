@@ -1,6 +1,6 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, and the fence that lets a replica
 //! write only while its lease is valid by its own clock, so that of several controller
-//! replicas exactly one writes (SPEC §3, §6).
+//! replicas exactly one writes (docs/design/allocation.md#restarts-and-the-single-writer).
 //!
 //! ```text
 //!   campaign, every retry period:  GET lease ──▶ Elector ──▶ Acquire | Renew | Follow

@@ -6,7 +6,7 @@
 //!                 │ refused: NotLeader | Expired | Closing ──▶ Error::Fenced (retried next term)
 //! ```
 //!
-//! Only the leader writes, fenced (SPEC §6): an update starts only while this replica's
+//! Only the leader writes, fenced (docs/design/allocation.md#restarts-and-the-single-writer): an update starts only while this replica's
 //! lease is valid by local time ([`crate::lease`]), and every call of it — each read, patch,
 //! retry and Event — checks again right before it is sent, so a write decided before a
 //! freeze (SIGSTOP) is dropped after it. A call is abandoned when the lease it was sent

@@ -86,7 +86,7 @@ fn adv_selecting(selector: Value) -> Value {
     json!({"nodeSelectors": [selector]})
 }
 
-/// The table. Pools use addresses of 203.0.113.0/24 only (LAB.md).
+/// The table. Pools use addresses of 203.0.113.0/24 only (docs/design/lab-addresses.md).
 const CASES: &[Case] = &[
     Case {
         what: "empty address list",

@@ -1,4 +1,4 @@
-//! Two leaders (issue 8; SPEC §3 "only the leader writes", §6 "never moves or doubles an
+//! Two leaders (issue 8; docs/design/allocation.md#restarts-and-the-single-writer, #never-move-never-double: never moves or doubles an
 //! assigned IP because of ... a leader change; only one leader writes, fenced").
 //!
 //! Two real `ferrolb-controller` processes share one Lease on a REAL kube-apiserver

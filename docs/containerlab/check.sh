@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The netns lab's checks (shared/LAB.md), on the containerlab topology ferrolb.clab.yml:
+# The netns lab's checks (docs/design/lab-addresses.md), on the containerlab topology ferrolb.clab.yml:
 #   1. the client resolves the LoadBalancer IP by ARP and curl reaches it;
 #   2. exactly one MAC answers (arping -c 3), the announcing node's eth1;
 #   3. crash failover: freeze the announcing node (docker pause) and time kill → first ARP

@@ -11,7 +11,7 @@
 //!   ferrolb-controller    arp_ignore=1 arp_announce=2          2001:db8:200::/64; arp_accept=1
 //!   lab's kube client     local routes for VIPs, TCP responder
 //! ```
-//! Every address is documentation space (LAB.md); nothing is ever configured in the root
+//! Every address is documentation space (docs/design/lab-addresses.md); nothing is ever configured in the root
 //! namespace: links are created *inside* the switch namespace with their peer placed
 //! directly in the host namespace.
 
@@ -416,7 +416,7 @@ impl Lab {
             h.mac = read_mac(&h.ns, "eth0")?;
         }
         for c in &self.clients {
-            // The client plays the upstream router: the pools are on-link (LAB.md).
+            // The client plays the upstream router: the pools are on-link (docs/design/lab-addresses.md#reaching-a-loadbalancer-ip).
             netns::ip_in(&c.ns, &["route", "add", "203.0.113.0/24", "dev", "eth0"])?;
             netns::ip_in(
                 &c.ns,

@@ -15,7 +15,7 @@
 //! `FERROLB_LAB_APISERVER` such as the real kube-apiserver ([`Lab::real_api`]); every scenario
 //! runs whole on either (README: "On a real API server").
 //!
-//! Rules (shared/LAB.md): documentation addresses only, nothing in the root namespace,
+//! Rules (docs/design/lab-addresses.md): documentation addresses only, nothing in the root namespace,
 //! run-unique names, bounded traffic, root required. The lab runs the workspace's real
 //! binaries: build them first with `cargo build --workspace --bins`.
 //!

@@ -14,7 +14,7 @@ use serde_json::json;
 
 /// The label kube-proxy and FerroLB use to tie an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// Nodes carrying this label are never announcers (SPEC §4).
+/// Nodes carrying this label are never announcers (docs/design/election.md#eligible-nodes).
 pub const EXCLUDE_LB_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 
 /// Address families of a Service.

@@ -676,7 +676,7 @@ fn steady_state_api_writes_do_not_grow_with_services() {
     assert!(
         requests <= n / 10,
         "{requests} API write requests ({changes} Service changes) in {window:?} of steady state with {n} Services: \
-         writes must stop once nothing changes (SPEC §4: API writes never grow with the number of Services)"
+         writes must stop once nothing changes (docs/design/election.md#api-writes: API writes never grow with the number of Services)"
     );
 }
 

@@ -135,7 +135,7 @@ fn kind_scope(api_version: &str, kind: &str) -> Option<bool> {
         return Some(*ns);
     }
     let (group, version) = api_version.split_once('/')?;
-    // Every FerroLB kind is cluster-scoped (SPEC §2); the CRD test checks the scope.
+    // Every FerroLB kind is cluster-scoped (docs/design/allocation.md#pools-and-advertisements); the CRD test checks the scope.
     crd_kinds()
         .iter()
         .any(|(g, k, _, vs)| g == group && k == kind && vs.iter().any(|v| v == version))

@@ -168,7 +168,7 @@ pub(crate) fn validate_status(svc: &Value) -> Vec<Cause> {
                 &at("ip"),
                 &json!(ip),
                 // The real server's text gives a private IPv4 example; this server keeps to
-                // the documentation ranges (LAB.md). Only the field and reason are compared.
+                // the documentation ranges (docs/design/lab-addresses.md). Only the field and reason are compared.
                 "must be a valid IP address, (e.g. 203.0.113.7 or 2001:db8::ffff)",
             ));
         }
