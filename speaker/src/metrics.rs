@@ -337,32 +337,33 @@ mod tests {
         let v6: IpAddr = "2001:db8::10".parse().unwrap();
         let other: IpAddr = "203.0.113.11".parse().unwrap();
         let lonely: IpAddr = "203.0.113.12".parse().unwrap();
-        let mut table = Table::default();
-        table.ips = BTreeMap::from([
-            (v4, announce("node1")),
-            (v6, announce("node1")),
-            (other, announce("node2")),
-            (
-                lonely,
-                Decision::NotAnnounced {
-                    reason: NotAnnouncedReason::NoServingEndpoints,
-                },
-            ),
-        ]);
-        table.services = BTreeMap::from([
-            (
-                "default/a".to_string(),
-                BTreeMap::from([(v4, announce("node1")), (v6, announce("node1"))]),
-            ),
-            (
-                "default/b".to_string(),
-                BTreeMap::from([(v4, announce("node1"))]),
-            ),
-            (
-                "default/c".to_string(),
-                BTreeMap::from([(other, announce("node2"))]),
-            ),
-        ]);
+        let table = Table {
+            ips: BTreeMap::from([
+                (v4, announce("node1")),
+                (v6, announce("node1")),
+                (other, announce("node2")),
+                (
+                    lonely,
+                    Decision::NotAnnounced {
+                        reason: NotAnnouncedReason::NoServingEndpoints,
+                    },
+                ),
+            ]),
+            services: BTreeMap::from([
+                (
+                    "default/a".to_string(),
+                    BTreeMap::from([(v4, announce("node1")), (v6, announce("node1"))]),
+                ),
+                (
+                    "default/b".to_string(),
+                    BTreeMap::from([(v4, announce("node1"))]),
+                ),
+                (
+                    "default/c".to_string(),
+                    BTreeMap::from([(other, announce("node2"))]),
+                ),
+            ]),
+        };
         m.set_table(&table, "node1");
         let text = encode(&registry);
         assert!(
