@@ -386,9 +386,12 @@ pub fn world_of(
             interfaces.insert(ANY_INTERFACE.into());
         }
         assumed.insert(l.node.clone(), interfaces.clone());
+        // Other facts of a live speaker (e.g. a failback hold-down) travel in heartbeats
+        // only: the plugin leaves them at their defaults.
         w.apply_speaker(speaker::Speaker {
             node: l.node,
             interfaces,
+            ..Default::default()
         });
     }
     (w, assumed)
