@@ -31,6 +31,7 @@ fn world(services: u32, nodes: u32) -> World {
         w.apply_speaker(Speaker {
             node: n.clone(),
             interfaces: BTreeSet::from(["eth0".to_owned(), "eth1".to_owned()]),
+            settling: false,
         });
     }
     w.apply_pool(Pool {

@@ -171,10 +171,10 @@ impl Caches {
         }
     }
 
-    /// The core's view, given the live speakers and their interfaces.
+    /// The core's view, given the speakers that may announce.
     fn world(
         &self,
-        alive: &BTreeMap<String, BTreeSet<String>>,
+        alive: &liveness::AliveView,
         lb_class: &str,
         ignore_exclude_lb: bool,
     ) -> core::World {
@@ -185,10 +185,11 @@ impl Caches {
         for n in self.nodes.items.values() {
             w.apply_node(world::node(n));
         }
-        for (node, interfaces) in alive {
+        for (node, live) in alive {
             w.apply_speaker(core::Speaker {
                 node: node.clone(),
-                interfaces: interfaces.clone(),
+                interfaces: live.interfaces.clone(),
+                settling: live.settling,
             });
         }
         for p in self.good_pools.values() {
@@ -216,6 +217,71 @@ impl Caches {
     }
 }
 
+/// When this speaker saw each speaker Lease renewed, on its own clock: a Lease is fresh
+/// while its last renewal was seen less than its duration ago. Comparing a peer's
+/// renewTime with our wall clock would make a skewed clock look like a dead peer.
+#[derive(Default)]
+struct LeaseClock {
+    /// Lease name → (renewTime as written, when we saw it change).
+    seen: HashMap<String, (Option<String>, tokio::time::Instant)>,
+}
+
+impl LeaseClock {
+    /// Notes the renewals in `leases` at `now`, forgetting Leases that are gone.
+    fn observe<'a>(
+        &mut self,
+        leases: impl IntoIterator<Item = &'a Lease>,
+        now: tokio::time::Instant,
+    ) {
+        let mut next = HashMap::new();
+        for l in leases {
+            let name = l.metadata.name.clone().unwrap_or_default();
+            let renew = l
+                .spec
+                .as_ref()
+                .and_then(|s| s.renew_time.as_ref())
+                .map(|t| t.0.to_string());
+            let at = match self.seen.remove(&name) {
+                Some((old, at)) if old == renew => at,
+                _ => now,
+            };
+            next.insert(name, (renew, at));
+        }
+        self.seen = next;
+    }
+
+    /// The peers of `leases`, each marked fresh or stale at `now`.
+    fn peers<'a>(
+        &self,
+        leases: impl IntoIterator<Item = &'a Lease> + Clone,
+        me: &str,
+        now: tokio::time::Instant,
+    ) -> BTreeMap<String, liveness::PeerAddr> {
+        let durations: HashMap<String, Duration> = leases
+            .clone()
+            .into_iter()
+            .filter_map(|l| {
+                let secs = l.spec.as_ref()?.lease_duration_seconds?;
+                let name = l.metadata.name.clone()?;
+                Some((name, Duration::from_secs(u64::try_from(secs).unwrap_or(0))))
+            })
+            .collect();
+        let mut peers = world::peers(leases, me);
+        for (node, p) in &mut peers {
+            let name = format!("{}{node}", world::LEASE_PREFIX);
+            let duration = durations
+                .get(&name)
+                .copied()
+                .unwrap_or(Duration::from_secs(90));
+            p.fresh = self
+                .seen
+                .get(&name)
+                .is_some_and(|(_, at)| now.saturating_duration_since(*at) < duration);
+        }
+        peers
+    }
+}
+
 /// Runs the speaker until `stop` becomes true, then hands its IPs over: peers are told
 /// at once (LEAVING heartbeats) and the responders stop.
 pub async fn run(
@@ -231,26 +297,37 @@ pub async fn run(
     metrics.attach_dataplane(plane.clone());
     let _follow = plane.follow_links(links.subscribe());
 
-    // Our usable interfaces, for the heartbeats.
-    let (ifaces_tx, ifaces_rx) = watch::channel(dataplane::usable(&links.links()));
+    // Our usable interfaces, for the heartbeats, and whether a responder can open on one.
+    let first = links.links();
+    let (ifaces_tx, ifaces_rx) = watch::channel(dataplane::usable(&first));
+    let (answer_tx, mut answer_rx) = watch::channel(dataplane::can_answer(&first));
     let mut links_rx = links.subscribe();
     let _ifaces = tokio::spawn(async move {
         while links_rx.changed().await.is_ok() {
-            let u = dataplane::usable(&links_rx.borrow_and_update());
+            let l = links_rx.borrow_and_update().clone();
+            let u = dataplane::usable(&l);
             ifaces_tx.send_if_modified(|old| std::mem::replace(old, u.clone()) != u);
+            let a = dataplane::can_answer(&l);
+            answer_tx.send_if_modified(|old| std::mem::replace(old, a.clone()) != a);
         }
     });
     let (peers_tx, peers_rx) = watch::channel(BTreeMap::new());
+    // Ready: caches synced and a responder can open. Until then peers do not count us.
+    let (ready_tx, ready_rx) = watch::channel(false);
     let (live, mut alive_rx) =
-        liveness::Liveness::spawn(config.liveness.clone(), peers_rx, ifaces_rx)?;
+        liveness::Liveness::spawn(config.liveness.clone(), peers_rx, ifaces_rx, ready_rx)?;
     let mut rejoins = live.rejoins();
+    let mut not_serving = live.not_serving();
     let live = Arc::new(live);
     metrics.attach_liveness(live.clone());
     let _membership = membership::spawn(
         client.clone(),
         config.lease_namespace.clone(),
         me.clone(),
-        config.advertise,
+        membership::Published {
+            heartbeat: config.advertise,
+            incarnation: config.liveness.incarnation,
+        },
         config.lease_renew,
     );
 
@@ -311,13 +388,16 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut announced: BTreeMap<std::net::IpAddr, BTreeSet<String>> = BTreeMap::new();
-    // A starting speaker has heard nobody yet; acting at once would elect itself for every
-    // IP. It waits one heartbeat timeout (plus an interval) after learning its peers.
+    // A starting speaker may hear some peers before others; acting on a partial view
+    // would elect itself for IPs a peer not yet heard holds. It waits one heartbeat
+    // timeout (plus an interval) after its caches synced.
     let mut warm_at: Option<tokio::time::Instant> = None;
-    let mut last_alive: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut last_alive = liveness::AliveView::new();
 
+    let mut lease_clock = LeaseClock::default();
     loop {
         let mut alive_changed = false;
+        let mut lease_check = false;
         let mut rejoined_after_isolation = false;
         tokio::select! {
             Some(change) = changes.next() => {
@@ -327,8 +407,8 @@ pub async fn run(
                         Some(Ok(c)) => {
                             let lease_change = matches!(c, Change::Lease(_));
                             if caches.apply(c) && lease_change {
-                                let peers = world::peers(caches.leases.items.values(), &me);
-                                peers_tx.send_if_modified(|old| std::mem::replace(old, peers.clone()) != peers);
+                                lease_clock.observe(caches.leases.items.values(), tokio::time::Instant::now());
+                                lease_check = true;
                             }
                         }
                         Some(Err(e)) => {
@@ -348,12 +428,32 @@ pub async fn run(
                 rejoins.borrow_and_update();
                 rejoined_after_isolation = true;
             }
-            _ = tick.tick() => {}
+            Ok(()) = not_serving.changed() => {
+                let why = *not_serving.borrow_and_update();
+                health.set_ready(why.is_none());
+                metrics.set_cut_off(why.is_some_and(|w| w != liveness::NotServing::NotReady));
+            }
+            Ok(()) = answer_rx.changed() => {
+                if let Err(why) = &*answer_rx.borrow_and_update() {
+                    tracing::warn!(%why, "cannot answer ARP/NDP: not eligible to announce");
+                }
+            }
+            _ = tick.tick() => lease_check = true,
             _ = sleep_until(warm_at), if warm_at.is_some_and(|t| t > tokio::time::Instant::now()) => {}
             r = stop.changed() => {
                 if r.is_err() || *stop.borrow() { break }
             }
         }
+        if lease_check {
+            let peers = lease_clock.peers(
+                caches.leases.items.values(),
+                &me,
+                tokio::time::Instant::now(),
+            );
+            peers_tx.send_if_modified(|old| std::mem::replace(old, peers.clone()) != peers);
+        }
+        let ready = caches.synced() && answer_rx.borrow().is_ok();
+        ready_tx.send_if_modified(|old| std::mem::replace(old, ready) != ready);
         if !caches.synced() {
             continue;
         }
@@ -396,7 +496,6 @@ pub async fn run(
             tracing::info!(total = announced.len(), "a peer rejoined; announcing again");
         }
         metrics.set_table(&table, &me);
-        health.set_ready(true);
         let housekeeper = alive.keys().next().is_some_and(|n| *n == me);
         let writes = status::writes(
             &table,

@@ -44,12 +44,24 @@ struct Args {
         default_value = "/etc/ferrolb/liveness/key"
     )]
     liveness_key_file: std::path::PathBuf,
+    /// File holding a second heartbeat key that is accepted but never sent (the next or
+    /// the previous key during a rotation); ignored when the file does not exist.
+    #[arg(
+        long,
+        env = "FERROLB_LIVENESS_ACCEPT_KEY_FILE",
+        default_value = "/etc/ferrolb/liveness/accept"
+    )]
+    liveness_accept_key_file: std::path::PathBuf,
     /// Milliseconds between heartbeats.
     #[arg(long, default_value_t = 100)]
     heartbeat_interval_ms: u64,
     /// Milliseconds of silence after which a peer is dead.
     #[arg(long, default_value_t = 350)]
     failure_timeout_ms: u64,
+    /// Milliseconds a speaker that comes back serves before it takes IPs back (hold-down
+    /// against a flapping node).
+    #[arg(long, default_value_t = 3000)]
+    hold_down_ms: u64,
     /// Seconds between periodic gratuitous ARP/NA refreshes (0 = off).
     #[arg(long, default_value_t = 0)]
     refresh_secs: u64,
@@ -64,17 +76,11 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init();
-    let key = std::fs::read(&args.liveness_key_file).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read the heartbeat key {}: {e}",
-            args.liveness_key_file.display()
-        )
-    })?;
-    let key: Vec<u8> = String::from_utf8_lossy(&key).trim().as_bytes().to_vec();
-    anyhow::ensure!(
-        key.len() >= 16,
-        "the heartbeat key must be at least 16 bytes"
-    );
+    let key = read_key(&args.liveness_key_file)?;
+    let accept_key = match args.liveness_accept_key_file.exists() {
+        true => Some(read_key(&args.liveness_accept_key_file)?),
+        false => None,
+    };
     let advertise = SocketAddr::new(args.advertise_addr, args.heartbeat_port);
     let bind = match args.advertise_addr {
         IpAddr::V4(_) => SocketAddr::new([0, 0, 0, 0].into(), args.heartbeat_port),
@@ -96,6 +102,8 @@ async fn main() -> anyhow::Result<()> {
         liveness: LivenessConfig {
             interval: Duration::from_millis(args.heartbeat_interval_ms),
             timeout: Duration::from_millis(args.failure_timeout_ms),
+            hold_down: Duration::from_millis(args.hold_down_ms),
+            accept_key,
             ..LivenessConfig::new(args.node_name, bind, key)
         },
         advertise,
@@ -118,4 +126,17 @@ async fn main() -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     ferrolb_speaker::run(client, config, metrics, health, stop_rx).await
+}
+
+/// Reads a heartbeat key file (surrounding whitespace ignored); at least 16 bytes.
+fn read_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let raw = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("cannot read the heartbeat key {}: {e}", path.display()))?;
+    let key: Vec<u8> = String::from_utf8_lossy(&raw).trim().as_bytes().to_vec();
+    anyhow::ensure!(
+        key.len() >= 16,
+        "the heartbeat key {} must be at least 16 bytes",
+        path.display()
+    );
+    Ok(key)
 }

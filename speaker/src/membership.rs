@@ -16,13 +16,22 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
-use crate::world::{HEARTBEAT_ADDR_ANNOTATION, LEASE_PREFIX};
+use crate::world::{HEARTBEAT_ADDR_ANNOTATION, INCARNATION_ANNOTATION, LEASE_PREFIX};
+
+/// Where and as whom this speaker's heartbeats come: what its Lease publishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The heartbeat address.
+    pub heartbeat: SocketAddr,
+    /// This start's incarnation.
+    pub incarnation: u64,
+}
 
 /// The Lease this speaker maintains.
 pub fn lease(
     node: &str,
     node_uid: Option<String>,
-    heartbeat: SocketAddr,
+    published: Published,
     renew: Duration,
     now: Timestamp,
 ) -> Lease {
@@ -33,10 +42,16 @@ pub fn lease(
                 ("app.kubernetes.io/name".into(), "ferrolb".into()),
                 ("app.kubernetes.io/component".into(), "speaker".into()),
             ])),
-            annotations: Some(BTreeMap::from([(
-                HEARTBEAT_ADDR_ANNOTATION.into(),
-                heartbeat.to_string(),
-            )])),
+            annotations: Some(BTreeMap::from([
+                (
+                    HEARTBEAT_ADDR_ANNOTATION.into(),
+                    published.heartbeat.to_string(),
+                ),
+                (
+                    INCARNATION_ANNOTATION.into(),
+                    published.incarnation.to_string(),
+                ),
+            ])),
             owner_references: node_uid.map(|uid| {
                 vec![OwnerReference {
                     api_version: "v1".into(),
@@ -63,7 +78,7 @@ pub fn spawn(
     client: Client,
     namespace: String,
     node: String,
-    heartbeat: SocketAddr,
+    published: Published,
     renew: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -77,7 +92,7 @@ pub fn spawn(
                 .ok()
                 .flatten()
                 .and_then(|n| n.metadata.uid);
-            let mut want = lease(&node, uid, heartbeat, renew, Timestamp::now());
+            let mut want = lease(&node, uid, published, renew, Timestamp::now());
             let r = match leases.get_opt(&name).await {
                 Ok(Some(cur)) => {
                     want.metadata.resource_version = cur.metadata.resource_version;
@@ -105,16 +120,27 @@ mod tests {
 
     #[test]
     fn lease_names_the_node_and_publishes_the_heartbeat_address() {
+        let published = Published {
+            heartbeat: "198.51.100.11:7473".parse().unwrap(),
+            incarnation: 7,
+        };
         let l = lease(
             "node1",
             Some("u1".into()),
-            "198.51.100.11:7473".parse().unwrap(),
+            published,
             Duration::from_secs(30),
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(
             crate::world::peer(&l),
-            Some(("node1".into(), "198.51.100.11:7473".parse().unwrap()))
+            Some((
+                "node1".into(),
+                crate::liveness::PeerAddr {
+                    addr: published.heartbeat,
+                    incarnation: Some(7),
+                    fresh: true,
+                }
+            ))
         );
         assert_eq!(l.metadata.owner_references.unwrap()[0].uid, "u1");
         assert_eq!(l.spec.unwrap().lease_duration_seconds, Some(90));

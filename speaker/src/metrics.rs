@@ -34,6 +34,7 @@ pub struct Metrics {
     elections: Family<Labels, Gauge>,
     takeovers: Counter,
     takeover_seconds: Histogram,
+    cut_off: Gauge,
     plane: Arc<OnceLock<Arc<DataPlane>>>,
     liveness: Arc<OnceLock<Arc<Liveness>>>,
     announced: Arc<Mutex<Announced>>,
@@ -54,6 +55,7 @@ impl Metrics {
             elections: Family::default(),
             takeovers: Counter::default(),
             takeover_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            cut_off: Gauge::default(),
             plane: Arc::new(OnceLock::new()),
             liveness: Arc::new(OnceLock::new()),
             announced: Arc::default(),
@@ -78,6 +80,11 @@ impl Metrics {
             "From noticing a peer's death to announcing its IPs (gratuitous ARP/NA sent)",
             m.takeover_seconds.clone(),
         );
+        registry.register(
+            "ferrolb_speaker_cut_off",
+            "1 while this speaker is cut off from its peers' heartbeats (it hears none, or none hears it) and so announces nothing",
+            m.cut_off.clone(),
+        );
         registry.register_collector(Box::new(PlaneCollector {
             plane: m.plane.clone(),
             liveness: m.liveness.clone(),
@@ -96,6 +103,11 @@ impl Metrics {
     /// Reads heartbeat counters from `liveness` at every scrape.
     pub fn attach_liveness(&self, liveness: Arc<Liveness>) {
         let _ = self.liveness.set(liveness);
+    }
+
+    /// Whether this speaker is cut off from its peers (and so announces nothing).
+    pub fn set_cut_off(&self, cut_off: bool) {
+        self.cut_off.set(i64::from(cut_off));
     }
 
     /// Counts a failed API call.

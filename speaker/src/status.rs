@@ -226,6 +226,7 @@ mod tests {
             w.apply_speaker(core::Speaker {
                 node: n.to_string(),
                 interfaces: BTreeSet::from(["eth0".to_string()]),
+                settling: false,
             });
         }
         w.apply_pool(core::Pool {

@@ -18,9 +18,13 @@ use k8s_openapi::api::core::v1::{Node as K8sNode, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::core;
+use crate::liveness::PeerAddr;
 
 /// Annotation on a speaker's Lease: where its peers send heartbeats.
 pub const HEARTBEAT_ADDR_ANNOTATION: &str = "ferrolb.io/heartbeat-addr";
+/// Annotation on a speaker's Lease: the incarnation its heartbeats carry (random per
+/// start, decimal), so peers accept a restart whatever the clocks say.
+pub const INCARNATION_ANNOTATION: &str = "ferrolb.io/heartbeat-incarnation";
 /// Prefix of every speaker Lease name; the rest is the node name.
 pub const LEASE_PREFIX: &str = "ferrolb-speaker-";
 /// The EndpointSlice label naming its Service.
@@ -153,23 +157,30 @@ pub fn service<'a>(
 }
 
 /// The node a speaker Lease belongs to, and the heartbeat address it publishes.
-pub fn peer(lease: &Lease) -> Option<(String, SocketAddr)> {
+pub fn peer(lease: &Lease) -> Option<(String, PeerAddr)> {
     let node = name(lease).strip_prefix(LEASE_PREFIX)?.to_owned();
-    let addr = lease
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(HEARTBEAT_ADDR_ANNOTATION)?
-        .parse()
-        .ok()?;
-    Some((node, addr))
+    let annotations = lease.metadata.annotations.as_ref()?;
+    let addr: SocketAddr = annotations.get(HEARTBEAT_ADDR_ANNOTATION)?.parse().ok()?;
+    let incarnation = annotations
+        .get(INCARNATION_ANNOTATION)
+        .and_then(|v| v.parse().ok());
+    // Freshness is judged by the glue, on its own clock, from when it saw renewals.
+    let fresh = true;
+    Some((
+        node,
+        PeerAddr {
+            addr,
+            incarnation,
+            fresh,
+        },
+    ))
 }
 
 /// The heartbeat peers (every speaker Lease but our own).
 pub fn peers<'a>(
     leases: impl IntoIterator<Item = &'a Lease>,
     me: &str,
-) -> BTreeMap<String, SocketAddr> {
+) -> BTreeMap<String, PeerAddr> {
     leases
         .into_iter()
         .filter_map(peer)
@@ -290,6 +301,15 @@ mod tests {
         ];
         let p = peers(&leases, "node1");
         assert_eq!(p.len(), 1);
-        assert_eq!(p["node2"], "[2001:db8::12]:7473".parse().unwrap());
+        assert_eq!(p["node2"].addr, "[2001:db8::12]:7473".parse().unwrap());
+        assert_eq!(p["node2"].incarnation, None, "a Lease without one");
+        let mut with = mk("ferrolb-speaker-node4", Some("198.51.100.14:7473"));
+        let mut annotate = |v: &str| {
+            let annos = with.metadata.annotations.as_mut().unwrap();
+            annos.insert(INCARNATION_ANNOTATION.into(), v.into());
+            peer(&with).unwrap().1.incarnation
+        };
+        assert_eq!(annotate("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(annotate("-1"), None, "unparsable: none");
     }
 }

@@ -1023,7 +1023,7 @@ fn claim(
     ns: &BTreeMap<String, String>,
     svc: &Service,
 ) {
-    if !service::is_handled(svc, &lb_class) {
+    if !service::is_handled(svc, lb_class) {
         return;
     }
     let ips = service::status_ips(svc);

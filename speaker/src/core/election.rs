@@ -372,7 +372,14 @@ fn elect(
     };
     let winner = (0..ctx.nodes.len())
         .filter(|&n| group.iter().all(|&p| exclusion(&pairs[p], n).is_none()))
-        .min_by_key(|&n| (ctx.nodes[n].prefix.score(key_ip), ctx.nodes[n].name));
+        .min_by_key(|&n| {
+            let settling = ctx.nodes[n].speaker.is_some_and(|s| s.settling);
+            (
+                settling,
+                ctx.nodes[n].prefix.score(key_ip),
+                ctx.nodes[n].name,
+            )
+        });
 
     let mut out: BTreeMap<IpAddr, Decision> = BTreeMap::new();
     match winner {

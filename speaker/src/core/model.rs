@@ -38,6 +38,9 @@ pub struct Speaker {
     pub node: String,
     /// Interfaces that are up, broadcast-capable and not excluded (SPEC §4 "Interfaces").
     pub interfaces: BTreeSet<String>,
+    /// Came back less than a hold-down ago: wins an IP only when no settled node is
+    /// eligible for it, so a flapping node takes nothing back (docs/failover.md).
+    pub settling: bool,
 }
 
 /// Which pools an advertisement covers (SPEC §2: nothing given = every pool).

@@ -70,6 +70,7 @@ fn node_strategy(name: &'static str) -> impl Strategy<Value = (Option<Node>, Opt
                     .into_iter()
                     .map(String::from)
                     .collect(),
+                settling: false,
             });
             (node, speaker)
         })

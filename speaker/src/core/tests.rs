@@ -39,6 +39,7 @@ pub(super) fn mk_speaker(node: &str, ifaces: &[&str]) -> Speaker {
     Speaker {
         node: node.into(),
         interfaces: set(ifaces),
+        settling: false,
     }
 }
 
@@ -423,6 +424,32 @@ fn the_winner_is_the_lowest_ranked_eligible_node() {
     // The first comes back: it takes back exactly its IP (the ranking requires it).
     w2.apply_speaker(mk_speaker(by_rank[0], &["eth0"]));
     assert_eq!(desired(&w2).announcer(target), Some(by_rank[0]));
+}
+
+#[test]
+fn a_settling_node_wins_only_what_no_settled_node_can_take() {
+    let w = three_node_world();
+    let target = ip("203.0.113.1");
+    let mut by_rank: Vec<&str> = vec!["a", "b", "c"];
+    by_rank.sort_by_key(|n| (rank(n, target), *n));
+    // The best-ranked node is back but settling: the runner-up keeps the IP.
+    let mut w2 = w.clone();
+    let mut back = mk_speaker(by_rank[0], &["eth0", "eth1"]);
+    back.settling = true;
+    w2.apply_speaker(back.clone());
+    assert_eq!(desired(&w2).announcer(target), Some(by_rank[1]));
+    // Settled after the hold-down: it takes the IP back, once.
+    back.settling = false;
+    w2.apply_speaker(back.clone());
+    assert_eq!(desired(&w2).announcer(target), Some(by_rank[0]));
+    // Settling, but the only eligible node: it announces rather than leave the IP dark.
+    let mut alone = w.clone();
+    for n in &by_rank[1..] {
+        alone.delete_speaker(n);
+    }
+    back.settling = true;
+    alone.apply_speaker(back);
+    assert_eq!(desired(&alone).announcer(target), Some(by_rank[0]));
 }
 
 #[test]

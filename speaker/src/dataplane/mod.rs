@@ -44,6 +44,23 @@ use crate::wire::ndp::{NeighborAdvertRepr, solicited_node_multicast};
 use schedule::AnnounceTimer;
 use socket::Membership;
 
+/// Whether this node can answer ARP/NDP at all: a responder socket opens on at least one
+/// usable interface (an interface that is up and not excluded; root or CAP_NET_RAW). A
+/// speaker that cannot is not ready, so peers do not elect it for IPs it would leave dark.
+pub fn can_answer(links: &Links) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for (name, link) in links.iter().filter(|(_, l)| l.up) {
+        match socket::open_channel(name, link, Family::V4, Duration::from_millis(10)) {
+            Ok(_) => return Ok(()),
+            Err(e) => errors.push(format!("{name}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        return Err("no usable interface (up and not excluded)".into());
+    }
+    Err(format!("no responder socket opens: {}", errors.join("; ")))
+}
+
 /// The speaker's desired announcements: each IP and the interfaces to announce it on.
 pub type Announcements = BTreeMap<IpAddr, BTreeSet<String>>;
 

@@ -1,20 +1,30 @@
-//! The heartbeat datagram: who is alive, since when, on which interfaces — authenticated.
+//! The heartbeat datagram: who is alive, whether it serves, on which interfaces, and whom
+//! it hears — authenticated.
 //!
 //! ```text
 //!  off  len  field
 //!   0    4   magic "FLHB"
-//!   4    1   version = 1
-//!   5    1   flags: bit 0 LEAVING (graceful shutdown); other bits sent as 0, ignored on receipt
-//!   6    8   incarnation, big-endian (sender's start time, ns since the Unix epoch)
+//!   4    1   version = 2
+//!   5    1   flags: bit 0 LEAVING (graceful shutdown), bit 1 SERVING (may announce: it is
+//!            ready and connected), bit 2 SETTLED (serving for the hold-down, or since it
+//!            joined no settled peer); other bits sent as 0, ignored on receipt
+//!   6    8   incarnation, big-endian (random per start, published in the sender's Lease)
 //!  14    8   sequence, big-endian (strictly increasing within an incarnation)
 //!  22    1   node name length n (1..=253)
 //!  23    n   node name (UTF-8)
 //!   .    1   interface count k (0..=64)
 //!   .   k×   [ length m (1..=15) | name (m bytes, UTF-8) ], strictly ascending
+//!   .    2   heard count h, big-endian (as many as fit the datagram)
+//!   .   h×   [ node id u32 | age u16 ms | flags u8: bit 0 SERVING, bit 1 SETTLED ],
+//!            ids strictly ascending: the peers the sender heard within its timeout, how
+//!            long ago, and what they said of themselves
 //!  end-32 32 HMAC-SHA256(key, every byte before the tag) — the full tag, not truncated
 //! ```
 //!
-//! 57 bytes at least, 1333 at most: always one unfragmented UDP datagram on a 1500-byte LAN.
+//! 59 bytes at least, 1452 at most: always one unfragmented UDP datagram on a 1500-byte
+//! LAN, over IPv6 too. A node id is the first four bytes of SHA-256 of the node name
+//! ([`node_id`]); receivers map ids back through the member list (from the Leases) and
+//! ignore ids two members share.
 //! [`decode`] checks length, magic and version, then the tag in constant time, and only then
 //! parses the body: unauthenticated bytes never reach the field parser. The encoding is
 //! canonical, so `encode(decode(b)) == b` for every accepted `b`. Replay protection is not
@@ -30,8 +40,8 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// First four bytes of every heartbeat, so stray traffic on the port is told apart at once.
 pub const MAGIC: [u8; 4] = *b"FLHB";
-/// The only wire version this speaker sends and accepts.
-pub const VERSION: u8 = 1;
+/// The only wire version this speaker sends and accepts (2: serving state and heard list).
+pub const VERSION: u8 = 2;
 /// Bytes of the HMAC-SHA256 tag at the end of each datagram (full length).
 pub const TAG_LEN: usize = 32;
 /// Shortest shared secret accepted: 128 bits, so the tag cannot be forged by guessing the key.
@@ -44,16 +54,50 @@ pub const MAX_INTERFACE_LEN: usize = 15;
 pub const MAX_INTERFACES: usize = 64;
 /// Bytes before the node name: magic, version, flags, incarnation, sequence, name length.
 const HEADER_LEN: usize = 23;
-/// Shortest valid datagram: one-byte node name, no interface.
-pub const MIN_LEN: usize = HEADER_LEN + 1 + 1 + TAG_LEN;
-/// Longest valid datagram: longest name, 64 interfaces of 15 bytes.
-pub const MAX_LEN: usize =
-    HEADER_LEN + MAX_NODE_LEN + 1 + MAX_INTERFACES * (1 + MAX_INTERFACE_LEN) + TAG_LEN;
+/// Bytes of one heard-list entry: id, age, flags.
+pub const HEARD_ENTRY_LEN: usize = 7;
+/// Shortest valid datagram: one-byte node name, no interface, nobody heard.
+pub const MIN_LEN: usize = HEADER_LEN + 1 + 1 + 2 + TAG_LEN;
+/// Longest valid datagram: one IPv6 UDP datagram on a 1500-byte MTU (1500 − 40 − 8).
+pub const MAX_LEN: usize = 1452;
 
-// A heartbeat must fit one IPv6 UDP datagram on a 1500-byte MTU (1500 − 40 − 8).
-const _: () = assert!(MAX_LEN <= 1452);
+// The longest name with 64 interfaces still leaves room for some heard entries.
+const _: () = assert!(
+    HEADER_LEN
+        + MAX_NODE_LEN
+        + 1
+        + MAX_INTERFACES * (1 + MAX_INTERFACE_LEN)
+        + 2
+        + TAG_LEN
+        + 16 * HEARD_ENTRY_LEN
+        <= MAX_LEN
+);
 
 const FLAG_LEAVING: u8 = 0x01;
+const FLAG_SERVING: u8 = 0x02;
+const FLAG_SETTLED: u8 = 0x04;
+const HEARD_SERVING: u8 = 0x01;
+const HEARD_SETTLED: u8 = 0x02;
+
+/// A node's id in heard lists: the first four bytes of SHA-256 of its name.
+pub fn node_id(node: &str) -> u32 {
+    use sha2::Digest;
+    let d = Sha256::digest(node.as_bytes());
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
+
+/// One peer a heartbeat's sender hears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Heard {
+    /// [`node_id`] of the peer.
+    pub id: u32,
+    /// Milliseconds since the sender last heard it (saturating).
+    pub age_ms: u16,
+    /// What the peer's last heartbeat said: SERVING.
+    pub serving: bool,
+    /// What the peer's last heartbeat said: SETTLED.
+    pub settled: bool,
+}
 
 /// The shared secret, ready to tag and verify; built once so a short key is refused early.
 #[derive(Clone)]
@@ -93,16 +137,22 @@ pub enum KeyError {
     },
 }
 
-/// One heartbeat: "node N, incarnation I, message S, usable on these interfaces".
+/// One heartbeat: "node N, incarnation I, message S, usable on these interfaces, serving
+/// or not, hearing these peers".
 ///
-/// Fields are private and checked by [`Heartbeat::new`], so every value encodes.
+/// Fields are private and checked by [`Heartbeat::new`] and [`Heartbeat::with_heard`], so
+/// every value encodes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Heartbeat {
     node: String,
     incarnation: u64,
     seq: u64,
     leaving: bool,
+    serving: bool,
+    settled: bool,
     interfaces: BTreeSet<String>,
+    /// Strictly ascending by id.
+    heard: Vec<Heard>,
 }
 
 impl Heartbeat {
@@ -128,7 +178,10 @@ impl Heartbeat {
             incarnation,
             seq,
             leaving: false,
+            serving: false,
+            settled: false,
             interfaces,
+            heard: Vec::new(),
         })
     }
 
@@ -136,6 +189,39 @@ impl Heartbeat {
     pub fn with_leaving(mut self, leaving: bool) -> Heartbeat {
         self.leaving = leaving;
         self
+    }
+
+    /// Sets the sender's own state: SERVING and SETTLED.
+    pub fn with_state(mut self, serving: bool, settled: bool) -> Heartbeat {
+        self.serving = serving;
+        self.settled = settled;
+        self
+    }
+
+    /// How many heard entries fit beside this heartbeat's name and interfaces.
+    pub fn heard_capacity(&self) -> usize {
+        (MAX_LEN - self.len_without_heard()) / HEARD_ENTRY_LEN
+    }
+
+    /// Attaches the heard list: ids strictly ascending, at most [`Self::heard_capacity`].
+    pub fn with_heard(mut self, heard: Vec<Heard>) -> Result<Heartbeat, Malformed> {
+        if heard.windows(2).any(|w| w[0].id >= w[1].id) {
+            return Err(Malformed::UnsortedHeard);
+        }
+        if heard.len() > self.heard_capacity() {
+            return Err(Malformed::TooManyHeard { count: heard.len() });
+        }
+        self.heard = heard;
+        Ok(self)
+    }
+
+    fn len_without_heard(&self) -> usize {
+        HEADER_LEN
+            + self.node.len()
+            + 1
+            + self.interfaces.iter().map(|i| 1 + i.len()).sum::<usize>()
+            + 2
+            + TAG_LEN
     }
 
     /// The sender's Kubernetes Node name.
@@ -161,6 +247,21 @@ impl Heartbeat {
     /// The sender's usable interfaces, which every speaker needs to rank nodes the same way.
     pub fn interfaces(&self) -> &BTreeSet<String> {
         &self.interfaces
+    }
+
+    /// The sender may announce: ready, and connected to its peers.
+    pub fn is_serving(&self) -> bool {
+        self.serving
+    }
+
+    /// The sender has been serving for its hold-down (or joined when no peer was settled).
+    pub fn is_settled(&self) -> bool {
+        self.settled
+    }
+
+    /// The peers the sender hears, ascending by id.
+    pub fn heard(&self) -> &[Heard] {
+        &self.heard
     }
 }
 
@@ -272,7 +373,19 @@ pub enum Malformed {
     /// The body ends inside a field.
     #[error("body truncated")]
     Truncated,
-    /// Bytes left between the last interface and the tag.
+    /// Heard entries not in strictly ascending id order.
+    #[error("heard entries not in strictly ascending id order")]
+    UnsortedHeard,
+    /// More heard entries than fit one datagram.
+    #[error("{count} heard entries do not fit one datagram")]
+    TooManyHeard {
+        /// Number of entries.
+        count: usize,
+    },
+    /// A heard entry has flag bits this version does not define.
+    #[error("unknown flag bits in a heard entry")]
+    BadHeardFlags,
+    /// Bytes left between the heard list and the tag.
     #[error("{count} trailing bytes before the tag")]
     TrailingBytes {
         /// Number of unexpected bytes.
@@ -288,12 +401,15 @@ impl From<Malformed> for DecodeError {
 
 /// Serializes and tags a heartbeat; infallible because [`Heartbeat`] is valid by construction.
 pub fn encode(hb: &Heartbeat, key: &Key) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        HEADER_LEN + hb.node.len() + 1 + hb.interfaces.len() * (1 + MAX_INTERFACE_LEN) + TAG_LEN,
-    );
+    let mut out = Vec::with_capacity(hb.len_without_heard() + hb.heard.len() * HEARD_ENTRY_LEN);
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
-    out.push(if hb.leaving { FLAG_LEAVING } else { 0 });
+    let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+    out.push(
+        flag(hb.leaving, FLAG_LEAVING)
+            | flag(hb.serving, FLAG_SERVING)
+            | flag(hb.settled, FLAG_SETTLED),
+    );
     out.extend_from_slice(&hb.incarnation.to_be_bytes());
     out.extend_from_slice(&hb.seq.to_be_bytes());
     push_short_str(&mut out, &hb.node);
@@ -301,6 +417,17 @@ pub fn encode(hb: &Heartbeat, key: &Key) -> Vec<u8> {
     out.push(u8::try_from(hb.interfaces.len()).unwrap_or(u8::MAX));
     for name in &hb.interfaces {
         push_short_str(&mut out, name);
+    }
+    // At most heard_capacity() (< 208), checked by with_heard.
+    out.extend_from_slice(
+        &u16::try_from(hb.heard.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
+    for h in &hb.heard {
+        out.extend_from_slice(&h.id.to_be_bytes());
+        out.extend_from_slice(&h.age_ms.to_be_bytes());
+        out.push(flag(h.serving, HEARD_SERVING) | flag(h.settled, HEARD_SETTLED));
     }
     let tag = key.mac().chain_update(&out).finalize().into_bytes();
     out.extend_from_slice(&tag);
@@ -311,6 +438,19 @@ fn push_short_str(out: &mut Vec<u8>, s: &str) {
     // Lengths are ≤ 253 by construction (checked in Heartbeat::new).
     out.push(u8::try_from(s.len()).unwrap_or(u8::MAX));
     out.extend_from_slice(s.as_bytes());
+}
+
+/// [`decode`] trying each accepted key in turn (the current one first): during a key
+/// rotation speakers sign with one key and accept two, so no view splits.
+pub fn decode_any(bytes: &[u8], keys: &[Key]) -> Result<Heartbeat, DecodeError> {
+    let mut last = DecodeError::BadTag;
+    for key in keys {
+        match decode(bytes, key) {
+            Err(DecodeError::BadTag) => last = DecodeError::BadTag,
+            other => return other,
+        }
+    }
+    Err(last)
 }
 
 /// Checks and parses one datagram; never panics, whatever the bytes.
@@ -359,6 +499,25 @@ fn parse_body(body: &[u8]) -> Result<Heartbeat, Malformed> {
         }
         interfaces.insert(name);
     }
+    let count = usize::from(r.u16()?);
+    let mut heard: Vec<Heard> = Vec::with_capacity(count.min(MAX_LEN / HEARD_ENTRY_LEN));
+    for _ in 0..count {
+        let id = r.u32()?;
+        let age_ms = r.u16()?;
+        let f = r.u8()?;
+        if f & !(HEARD_SERVING | HEARD_SETTLED) != 0 {
+            return Err(Malformed::BadHeardFlags);
+        }
+        if heard.last().is_some_and(|last| last.id >= id) {
+            return Err(Malformed::UnsortedHeard);
+        }
+        heard.push(Heard {
+            id,
+            age_ms,
+            serving: f & HEARD_SERVING != 0,
+            settled: f & HEARD_SETTLED != 0,
+        });
+    }
     if !r.rest.is_empty() {
         return Err(Malformed::TrailingBytes {
             count: r.rest.len(),
@@ -369,7 +528,10 @@ fn parse_body(body: &[u8]) -> Result<Heartbeat, Malformed> {
         incarnation,
         seq,
         leaving: flags & FLAG_LEAVING != 0,
+        serving: flags & FLAG_SERVING != 0,
+        settled: flags & FLAG_SETTLED != 0,
         interfaces,
+        heard,
     })
 }
 
@@ -390,6 +552,18 @@ impl<'a> Reader<'a> {
 
     fn u8(&mut self) -> Result<u8, Malformed> {
         Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, Malformed> {
+        let mut buf = [0u8; 2];
+        buf.copy_from_slice(self.take(2)?);
+        Ok(u16::from_be_bytes(buf))
+    }
+
+    fn u32(&mut self) -> Result<u32, Malformed> {
+        let mut buf = [0u8; 4];
+        buf.copy_from_slice(self.take(4)?);
+        Ok(u32::from_be_bytes(buf))
     }
 
     fn u64(&mut self) -> Result<u64, Malformed> {
@@ -449,12 +623,29 @@ mod tests {
         b
     }
 
+    fn heard(id: u32, age_ms: u16, serving: bool, settled: bool) -> Heard {
+        Heard {
+            id,
+            age_ms,
+            serving,
+            settled,
+        }
+    }
+
     #[test]
     fn layout_matches_the_diagram() {
-        let bytes = encode(&mk_hb().with_leaving(true), &key());
+        let hb = mk_hb()
+            .with_leaving(true)
+            .with_state(true, false)
+            .with_heard(vec![
+                heard(7, 120, true, true),
+                heard(0x0102_0304, 0, false, false),
+            ])
+            .unwrap();
+        let bytes = encode(&hb, &key());
         assert_eq!(&bytes[..4], b"FLHB");
-        assert_eq!(bytes[4], 1);
-        assert_eq!(bytes[5], FLAG_LEAVING);
+        assert_eq!(bytes[4], 2);
+        assert_eq!(bytes[5], FLAG_LEAVING | FLAG_SERVING);
         assert_eq!(bytes[6..14], 1_700_000_000_000_000_000u64.to_be_bytes());
         assert_eq!(bytes[14..22], 42u64.to_be_bytes());
         assert_eq!(bytes[22], 6);
@@ -462,7 +653,46 @@ mod tests {
         assert_eq!(bytes[29], 2);
         assert_eq!(&bytes[30..36], b"\x05bond0");
         assert_eq!(&bytes[36..41], b"\x04eth0");
-        assert_eq!(bytes.len(), 41 + TAG_LEN);
+        assert_eq!(bytes[41..43], [0, 2]);
+        assert_eq!(bytes[43..50], [0, 0, 0, 7, 0, 120, 0b11]);
+        assert_eq!(bytes[50..57], [1, 2, 3, 4, 0, 0, 0]);
+        assert_eq!(bytes.len(), 57 + TAG_LEN);
+    }
+
+    #[test]
+    fn node_ids_are_stable() {
+        // Every speaker version must map a name to the same id: pinned values.
+        assert_eq!(node_id("node-a"), node_id("node-a"));
+        assert_ne!(node_id("node-a"), node_id("node-b"));
+        assert_eq!(
+            node_id(""),
+            0xe3b0_c442,
+            "SHA-256 of the empty string starts e3b0c442"
+        );
+    }
+
+    #[test]
+    fn heard_lists_are_checked() {
+        let hb = mk_hb();
+        let cap = hb.heard_capacity();
+        let full: Vec<Heard> = (0..cap as u32).map(|i| heard(i, 0, true, true)).collect();
+        let max = hb.clone().with_heard(full.clone()).unwrap();
+        let len = encode(&max, &key()).len();
+        assert!(
+            len <= MAX_LEN && MAX_LEN - len < HEARD_ENTRY_LEN,
+            "{len} bytes"
+        );
+        let mut over = full;
+        over.push(heard(u32::MAX, 0, true, true));
+        assert_eq!(
+            hb.clone().with_heard(over).unwrap_err(),
+            Malformed::TooManyHeard { count: cap + 1 }
+        );
+        assert_eq!(
+            hb.with_heard(vec![heard(2, 0, true, true), heard(2, 0, true, true)])
+                .unwrap_err(),
+            Malformed::UnsortedHeard
+        );
     }
 
     #[test]
@@ -472,6 +702,13 @@ mod tests {
             mk_hb().with_leaving(true),
             Heartbeat::new("n", 0, 0, BTreeSet::new()).unwrap(),
             Heartbeat::new("x".repeat(MAX_NODE_LEN), u64::MAX, u64::MAX, max_ifaces()).unwrap(),
+            mk_hb()
+                .with_state(true, true)
+                .with_heard(vec![
+                    heard(1, 65_535, true, false),
+                    heard(9, 3, false, false),
+                ])
+                .unwrap(),
         ] {
             let bytes = encode(&hb, &key());
             assert!((MIN_LEN..=MAX_LEN).contains(&bytes.len()));
@@ -484,11 +721,18 @@ mod tests {
     }
 
     #[test]
-    fn extreme_sizes_are_min_and_max_len() {
+    fn extreme_sizes_are_min_and_at_most_max_len() {
         let small = Heartbeat::new("n", 0, 0, BTreeSet::new()).unwrap();
         assert_eq!(encode(&small, &key()).len(), MIN_LEN);
         let big = Heartbeat::new("x".repeat(MAX_NODE_LEN), 0, 0, max_ifaces()).unwrap();
-        assert_eq!(encode(&big, &key()).len(), MAX_LEN);
+        let cap = big.heard_capacity();
+        assert!(
+            cap >= 16,
+            "the largest heartbeat still carries {cap} heard entries"
+        );
+        let full = (0..cap as u32).map(|i| heard(i, 0, true, true)).collect();
+        let big = big.with_heard(full).unwrap();
+        assert!(MAX_LEN - encode(&big, &key()).len() < HEARD_ENTRY_LEN);
     }
 
     #[test]
@@ -613,9 +857,9 @@ mod tests {
                 DecodeError::UnsupportedVersion { version: 0 },
             ),
             (
-                "version 2",
-                with(4, 2),
-                DecodeError::UnsupportedVersion { version: 2 },
+                "version 1 (before the heard list)",
+                with(4, 1),
+                DecodeError::UnsupportedVersion { version: 1 },
             ),
             ("flipped flag", with(5, 0x01), DecodeError::BadTag),
             (
@@ -625,12 +869,12 @@ mod tests {
             ),
             (
                 "node not utf8",
-                node_then_count(&[0xff, 0xfe], &[0, 0]),
+                node_then_count(&[0xff, 0xfe], &[0, 0, 0]),
                 Malformed::BadNodeName.into(),
             ),
             (
                 "empty node",
-                node_then_count(b"", &[0, 0]),
+                node_then_count(b"", &[0, 0, 0, 0]),
                 Malformed::EmptyNodeName.into(),
             ),
             (
@@ -676,8 +920,28 @@ mod tests {
             ),
             (
                 "trailing",
-                node_then_count(b"n", &[0, 0xaa, 0xbb]),
+                node_then_count(b"n", &[0, 0, 0, 0xaa, 0xbb]),
                 Malformed::TrailingBytes { count: 2 }.into(),
+            ),
+            (
+                "no heard count",
+                node_then_count(b"nn", &[0, 0]),
+                Malformed::Truncated.into(),
+            ),
+            (
+                "truncated heard entry",
+                node_then_count(b"n", &[0, 0, 1, 0, 0, 0, 1, 0]),
+                Malformed::Truncated.into(),
+            ),
+            (
+                "heard unsorted",
+                node_then_count(b"n", &[0, 0, 2, 0, 0, 0, 2, 0, 0, 1, 0, 0, 0, 1, 0, 0, 1]),
+                Malformed::UnsortedHeard.into(),
+            ),
+            (
+                "heard flag bits",
+                node_then_count(b"n", &[0, 0, 1, 0, 0, 0, 2, 0, 0, 0x04]),
+                Malformed::BadHeardFlags.into(),
             ),
         ];
         for (name, bytes, want) in cases {
@@ -689,9 +953,23 @@ mod tests {
     fn unknown_flag_bits_are_ignored() {
         let mut body = encode(&mk_hb(), &key());
         body.truncate(body.len() - TAG_LEN);
-        body[5] = 0xfe;
+        body[5] = 0xf8;
         let hb = decode(&sign(&body), &key()).unwrap();
-        assert!(!hb.is_leaving());
+        assert!(!hb.is_leaving() && !hb.is_serving() && !hb.is_settled());
+    }
+
+    #[test]
+    fn any_accepted_key_verifies_and_the_others_say_bad_tag() {
+        let old = Key::new(b"the-previous-heartbeat-key").unwrap();
+        let bytes = encode(&mk_hb(), &old);
+        assert_eq!(decode_any(&bytes, &[key(), old.clone()]), Ok(mk_hb()));
+        assert_eq!(decode_any(&bytes, &[key()]), Err(DecodeError::BadTag));
+        assert_eq!(decode_any(&bytes, &[]), Err(DecodeError::BadTag));
+        let short = &bytes[..10];
+        assert!(matches!(
+            decode_any(short, &[key(), old]),
+            Err(DecodeError::TooShort { .. })
+        ));
     }
 
     #[test]
@@ -710,14 +988,25 @@ mod tests {
             "[a-z0-9.-]{1,253}",
             any::<u64>(),
             any::<u64>(),
-            any::<bool>(),
+            any::<(bool, bool, bool)>(),
             proptest::collection::btree_set(arb_iface(), 0..=MAX_INTERFACES),
+            proptest::collection::btree_map(any::<u32>(), any::<(u16, bool, bool)>(), 0..300),
         )
-            .prop_map(|(node, inc, seq, leaving, ifs)| {
-                Heartbeat::new(node, inc, seq, ifs)
-                    .unwrap()
-                    .with_leaving(leaving)
-            })
+            .prop_map(
+                |(node, inc, seq, (leaving, serving, settled), ifs, heard_map)| {
+                    let hb = Heartbeat::new(node, inc, seq, ifs)
+                        .unwrap()
+                        .with_leaving(leaving)
+                        .with_state(serving, settled);
+                    let cap = hb.heard_capacity();
+                    let list = heard_map
+                        .into_iter()
+                        .take(cap)
+                        .map(|(id, (age_ms, serving, settled))| heard(id, age_ms, serving, settled))
+                        .collect();
+                    hb.with_heard(list).unwrap()
+                },
+            )
     }
 
     proptest! {

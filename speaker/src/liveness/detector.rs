@@ -1,128 +1,221 @@
-//! Failure detector: which peers are alive, from authenticated heartbeats and the time.
+//! Failure detector: which speakers may announce, from authenticated heartbeats and the time.
 //!
 //! ```text
-//!                 heartbeat (fresh seq)            LEAVING
-//!   (unknown) ───────────────────────────▶ Alive ──────────▶ Left ──┐
-//!                                          │  ▲                     │ new incarnation
-//!                  last_seen + timeout ≤ now│  │ fresh heartbeat    │ (restart)
-//!                                          ▼  │                     ▼
-//!                                          Dead ◀─────────────── Alive
+//!   every heartbeat carries: SERVING, SETTLED, and "whom I heard, how long ago, and what
+//!   they said of themselves" (the heard list)
 //!
-//!   self-isolation guard, checked when an Alive peer reaches its deadline:
-//!     ≥ 2 Alive peers  AND  no heartbeat from anyone for timeout/2
-//!       ──▶ freeze every Alive peer (nobody dies) until a heartbeat arrives
-//!           or isolation_grace passes
+//!   peer X is a candidate  ⇔  the freshest news of X is younger than the timeout and says
+//!                              SERVING, where news comes from X itself (direct) or from the
+//!                              heard list of a peer we hear directly that serves (relayed),
+//!                              and X has not said LEAVING since
+//!   we serve               ⇔  ready (caches synced, responders open)
+//!                              AND (no other member counts (a fresh Lease, not LEAVING)
+//!                                   OR one we hear directly hears us
+//!                                   OR we hear every member that counts, and none of
+//!                                      them has served for a whole timeout)
+//!   we are settled         ⇔  serving for the hold-down, or no serving settled peer was heard
+//!                              when we started serving (a cold start, a lone node)
 //! ```
 //!
-//! Pure: no socket, no clock. The glue calls [`Detector::observe`] for each decoded
-//! heartbeat, [`Detector::expire`] at [`Detector::next_deadline`], and publishes
-//! [`Detector::alive`]. Replay protection: per node, only a strictly larger (incarnation,
-//! sequence) is accepted, and a LEAVING incarnation never comes back.
+//! Why this holds "at most one announcer per IP" where heartbeats fail one-sidedly:
+//! - a node that hears nobody (its heartbeat port firewalled inbound) does not serve, and
+//!   says so in the heartbeats its peers still receive: nobody counts it;
+//! - a node nobody hears (outbound blocked) finds itself in no heard list: it does not serve,
+//!   and nobody hears it, so nobody counts it either;
+//! - A cannot hear B but C hears both: C's heard list keeps B alive in A's view, so A and B
+//!   rank from the same set (the same holds when A and B cannot hear each other at all);
+//! - of two nodes where only one direction works, the one that hears the other (which hears
+//!   nobody and so does not serve) serves alone; with three or more, it must hear all;
+//! - a node that comes back (a flapping link) is a candidate of last resort until it is
+//!   settled, so it takes no IP back for the hold-down.
 //!
-//! Why timeout/2 in the guard: peers send every `interval`, so their deadlines are spread over
-//! one interval. When one peer crashes, the others were heard less than ~`interval` ago; when
-//! *we* are cut off, everyone has been silent for at least `timeout − interval` by the time
-//! the first deadline passes. `timeout/2` sits between the two as long as `timeout ≥ 2 ×
-//! interval` (defaults 350 ms / 100 ms leave 75 ms of margin either side).
+//! The price: a node whose every peer crashed cannot tell that from being cut off. It
+//! announces nothing until their Leases go stale (3 × the Lease renewal, 90 s by default),
+//! then serves alone. In a cluster of two, a crash therefore leaves the survivor dark for
+//! that long; lower `--lease-renew` there. A clean split into two halves that each hear themselves still elects twice: no rule
+//! without a quorum avoids that, and a quorum would silence a healthy half.
+//!
+//! Pure: no socket, no clock. The glue calls [`Detector::observe`] for each decoded
+//! heartbeat and [`Detector::tick`] after every event (and at [`Detector::next_deadline`]),
+//! builds its own heartbeats from [`Detector::outgoing`], and publishes
+//! [`Detector::alive`]. Replay protection: a member's heartbeats must carry the incarnation
+//! its Lease publishes (random per start, so no clock is involved) and a strictly larger
+//! sequence; a LEAVING incarnation never comes back.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use super::codec::Heartbeat;
+use super::codec::{Heard, Heartbeat, node_id};
 
 /// Retired peers whose replay floor is kept after they stop being members.
 const MAX_RETIRED: usize = 1024;
 
-/// The live view: node → its usable interfaces; this node is always in it.
-pub type AliveView = BTreeMap<String, BTreeSet<String>>;
+/// A speaker that may announce, as this one sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Live {
+    /// Its usable interfaces (as it last told us, or as a peer relaying it has them when
+    /// it never reached us directly).
+    pub interfaces: BTreeSet<String>,
+    /// It came back less than a hold-down ago: it wins only IPs no settled node can take.
+    pub settling: bool,
+}
+
+/// The speakers that may announce: node → what election needs; us only while we serve.
+pub type AliveView = BTreeMap<String, Live>;
 
 /// Detector tunables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
-    /// A peer not heard from for this long is dead (default 350 ms = 3.5 heartbeats).
+    /// News of a peer older than this means it is dead (default 350 ms = 3.5 heartbeats).
     pub timeout: Duration,
-    /// Longest time the self-isolation guard keeps silent peers alive (default 30 s).
-    pub isolation_grace: Duration,
+    /// How long a node that comes back serves before it takes IPs back (default 3 s).
+    pub hold_down: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             timeout: Duration::from_millis(350),
-            isolation_grace: Duration::from_secs(30),
+            hold_down: Duration::from_secs(3),
         }
     }
 }
 
-/// What a heartbeat did to the detector; `changed` says whether [`Detector::alive`] changed.
+/// What a heartbeat did to the detector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Observed {
-    /// Fresh heartbeat: the peer is alive; `changed` when it was not, or its interfaces moved.
+    /// Fresh heartbeat; `revived` when the peer was not heard directly until now.
     Accepted {
-        /// The live view changed (peer revived, new, or new interfaces).
-        changed: bool,
+        /// First direct heartbeat, or the first after a silence longer than the timeout.
+        revived: bool,
     },
-    /// Fresh LEAVING heartbeat: the peer is dead at once; `changed` when it was alive.
-    Left {
-        /// The live view changed (the peer was alive until now).
-        changed: bool,
-    },
-    /// Not newer than what was seen: a replay, a duplicate, reordering, or an old incarnation.
+    /// Fresh LEAVING heartbeat: the peer is gone at once.
+    Left,
+    /// Not newer than what was seen: a replay, a duplicate, reordering, or an incarnation
+    /// other than the one its Lease publishes.
     Stale,
-    /// From a node that is not a member (no speaker known there): ignored.
+    /// From a node that is not a member (no speaker Lease known for it): ignored.
     UnknownNode,
     /// Carries our own node name (a peer list that includes us, or a reflected packet).
     Own,
 }
 
+/// What changed at a [`Detector::tick`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tick {
+    /// Peers we heard directly that went silent past the timeout (sorted).
+    pub silent: Vec<String>,
+    /// Our serving state changed to this.
+    pub serving: Option<bool>,
+    /// We serve again after having stopped in this incarnation (peers may have taken our
+    /// IPs meanwhile: announce ours again).
+    pub rejoined: bool,
+}
+
+/// Why we do not serve, for logs, metrics and the Announced condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Alive,
-    Dead,
-    Left,
+pub enum NotServing {
+    /// Caches not synced or responders not open yet.
+    NotReady,
+    /// Other speakers exist but we hear none of them.
+    HearNobody,
+    /// We hear serving peers but none of them hears us.
+    NobodyHearsUs,
+}
+
+impl std::fmt::Display for NotServing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NotServing::NotReady => "not ready (caches or responders)",
+            NotServing::HearNobody => "cut off: hears no other speaker's heartbeats",
+            NotServing::NobodyHearsUs => "cut off: no other speaker hears its heartbeats",
+        })
+    }
+}
+
+/// A member, from its speaker Lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    /// The incarnation its Lease publishes; `None` accepts any larger (incarnation, seq).
+    pub incarnation: Option<u64>,
+    /// Its Lease was renewed within its duration (as this speaker observed, on its own
+    /// clock): only such members make us "cut off" when we cannot hear them.
+    pub fresh: bool,
+}
+
+/// News of a node relayed by a peer: when that peer last heard it, and what it said.
+#[derive(Debug, Clone, Copy)]
+struct Relayed {
+    at: Instant,
+    serving: bool,
+    settled: bool,
 }
 
 #[derive(Debug, Clone)]
 struct Peer {
     incarnation: u64,
     seq: u64,
-    last_seen: Instant,
+    /// Last accepted non-LEAVING heartbeat.
+    last: Option<Instant>,
+    /// When its current incarnation said LEAVING.
+    left_at: Option<Instant>,
+    serving: bool,
+    settled: bool,
+    /// Since when its heartbeats have said it does not serve.
+    idle_since: Option<Instant>,
     interfaces: BTreeSet<String>,
-    state: State,
+    /// What it hears, by node id (merged over its heartbeats, freshest kept).
+    relays: HashMap<u32, Relayed>,
 }
 
 /// The failure detector of one speaker; see the module docs for the rules.
 #[derive(Debug, Clone)]
 pub struct Detector {
     self_node: String,
+    self_id: u32,
     self_interfaces: BTreeSet<String>,
     config: Config,
-    members: BTreeSet<String>,
+    /// Members from the Leases (us excluded).
+    members: BTreeMap<String, Member>,
+    /// Members whose Lease went away while they were alive: kept until they go silent, so
+    /// deleted Leases (a cleanup, a prune, a restore) do not make every speaker alone.
+    retained: BTreeMap<String, Member>,
+    /// Node id → member name; `None` when two members share an id (their relays are ignored).
+    ids: HashMap<u32, Option<String>>,
     peers: BTreeMap<String, Peer>,
     /// Replay floors of peers that stopped being members, restored if they come back.
     retired: BTreeMap<String, Peer>,
-    /// When the last fresh heartbeat (from anyone) arrived: the guard's evidence.
-    last_rx: Option<Instant>,
-    /// Set while the self-isolation guard freezes the view.
-    isolated_since: Option<Instant>,
+    ready: bool,
+    /// Whether we serve, as of the last tick.
+    serving: bool,
+    /// Until when we are settling (serving, but a candidate of last resort).
+    settling_until: Option<Instant>,
+    /// We served at some point in this incarnation.
+    served_before: bool,
 }
 
 impl Detector {
-    /// A detector for `self_node` that knows no member yet (see [`Detector::set_members`]).
+    /// A detector for `self_node` that knows no member yet and is not ready.
     pub fn new(
         self_node: impl Into<String>,
         self_interfaces: BTreeSet<String>,
         config: Config,
     ) -> Detector {
+        let self_node = self_node.into();
         Detector {
-            self_node: self_node.into(),
+            self_id: node_id(&self_node),
+            self_node,
             self_interfaces,
             config,
-            members: BTreeSet::new(),
+            members: BTreeMap::new(),
+            retained: BTreeMap::new(),
+            ids: HashMap::new(),
             peers: BTreeMap::new(),
             retired: BTreeMap::new(),
-            last_rx: None,
-            isolated_since: None,
+            ready: false,
+            serving: false,
+            settling_until: None,
+            served_before: false,
         }
     }
 
@@ -136,34 +229,79 @@ impl Detector {
         self.self_interfaces = interfaces;
     }
 
-    /// Sets the peers that run a speaker (from the API); others are forgotten, keeping only
-    /// their replay floor so old heartbeats cannot revive them if they come back.
-    pub fn set_members(&mut self, known: BTreeSet<String>) {
+    /// Whether this speaker can answer at all: caches synced, responders open.
+    pub fn set_ready(&mut self, ready: bool) {
+        self.ready = ready;
+    }
+
+    /// Sets the members (node → what its Lease publishes) from the API at `now`.
+    /// A member whose Lease went away stays while it is alive; others are forgotten,
+    /// keeping their replay floor so old heartbeats cannot revive them.
+    pub fn set_members(&mut self, known: BTreeMap<String, Member>, now: Instant) {
+        let next: BTreeMap<String, Member> = known
+            .into_iter()
+            .filter(|(n, _)| *n != self.self_node)
+            .collect();
+        let mut retained = BTreeMap::new();
+        for (name, m) in std::mem::take(&mut self.members)
+            .into_iter()
+            .chain(std::mem::take(&mut self.retained))
+        {
+            if !next.contains_key(&name) && self.news(&name, now).is_some_and(|n| n.fresh) {
+                retained.insert(name, m);
+            }
+        }
+        // A Lease published with another incarnation is a restart: heartbeats of that
+        // incarnation are accepted from now on, the old one's are stale.
+        self.members = next;
+        self.retained = retained;
+        self.reindex();
+    }
+
+    /// Members kept alive after their Lease went away (until they go silent).
+    pub fn retained(&self) -> impl Iterator<Item = &String> {
+        self.retained.keys()
+    }
+
+    fn member(&self, name: &str) -> Option<&Member> {
+        self.members.get(name).or_else(|| self.retained.get(name))
+    }
+
+    fn reindex(&mut self) {
         let gone: Vec<String> = self
             .peers
             .keys()
-            .filter(|n| !known.contains(*n))
+            .filter(|n| self.member(n).is_none())
             .cloned()
             .collect();
         for name in gone {
             if let Some(mut peer) = self.peers.remove(&name) {
                 peer.interfaces.clear();
-                if peer.state == State::Alive {
-                    peer.state = State::Dead;
-                }
+                peer.relays.clear();
                 self.retired.insert(name, peer);
             }
         }
         while self.retired.len() > MAX_RETIRED {
             self.retired.pop_first();
         }
-        for name in &known {
+        let names: Vec<String> = self
+            .members
+            .keys()
+            .chain(self.retained.keys())
+            .cloned()
+            .collect();
+        for name in &names {
             if let Some(peer) = self.retired.remove(name) {
                 self.peers.insert(name.clone(), peer);
             }
         }
-        self.members = known;
-        self.members.remove(&self.self_node);
+        let mut ids: HashMap<u32, Option<String>> = HashMap::new();
+        for name in names.into_iter().chain([self.self_node.clone()]) {
+            ids.entry(node_id(&name))
+                .and_modify(|e| *e = None)
+                .or_insert(Some(name));
+        }
+        self.ids = ids;
     }
 
     /// Feeds one authenticated heartbeat received at `now`.
@@ -171,623 +309,339 @@ impl Detector {
         if hb.node() == self.self_node {
             return Observed::Own;
         }
-        if !self.members.contains(hb.node()) {
+        let Some(member) = self.member(hb.node()) else {
             return Observed::UnknownNode;
+        };
+        if member
+            .incarnation
+            .is_some_and(|inc| inc != hb.incarnation())
+        {
+            return Observed::Stale;
         }
-        let key = (hb.incarnation(), hb.seq());
-        let (was_alive, ifaces_changed) = match self.peers.get(hb.node()) {
+        let timeout = self.config.timeout;
+        let revived = match self.peers.get(hb.node()) {
             Some(p) => {
-                if key <= (p.incarnation, p.seq) {
+                let same = p.incarnation == hb.incarnation();
+                let published = member.incarnation.is_some();
+                // Without a published incarnation, only a larger (incarnation, seq) is new.
+                if (same || !published) && (hb.incarnation(), hb.seq()) <= (p.incarnation, p.seq) {
                     return Observed::Stale;
                 }
-                if p.state == State::Left && p.incarnation == hb.incarnation() && !hb.is_leaving() {
+                if same && p.left_at.is_some() {
                     // That incarnation said goodbye; only a restart brings the node back.
                     return Observed::Stale;
                 }
-                (p.state == State::Alive, p.interfaces != *hb.interfaces())
+                !p.last.is_some_and(|t| fresh(t, timeout, now)) || !same
             }
-            None => (false, true),
+            None => true,
         };
-        self.last_rx = Some(now);
-        if self.isolated_since.take().is_some() {
-            // We were the ones cut off: every peer the guard held gets a full timeout to be
-            // heard again, instead of dying at once because its heartbeat comes a moment
-            // after this one (which would move its IPs to us and straight back).
-            for p in self.peers.values_mut().filter(|p| p.state == State::Alive) {
-                p.last_seen = now;
+        let id_of = |h: &Heard| h.id;
+        let peer = self
+            .peers
+            .entry(hb.node().to_owned())
+            .or_insert_with(|| Peer {
+                incarnation: hb.incarnation(),
+                seq: 0,
+                last: None,
+                left_at: None,
+                serving: false,
+                settled: false,
+                idle_since: None,
+                interfaces: BTreeSet::new(),
+                relays: HashMap::new(),
+            });
+        if peer.incarnation != hb.incarnation() {
+            peer.relays.clear();
+            peer.left_at = None;
+        }
+        peer.incarnation = hb.incarnation();
+        peer.seq = hb.seq();
+        if hb.is_leaving() {
+            peer.left_at = Some(now);
+            peer.last = None;
+            peer.serving = false;
+            peer.relays.clear();
+            return Observed::Left;
+        }
+        peer.last = Some(now);
+        peer.idle_since = match (hb.is_serving(), peer.idle_since) {
+            (true, _) => None,
+            (false, Some(since)) if !revived => Some(since),
+            (false, _) => Some(now),
+        };
+        peer.serving = hb.is_serving();
+        peer.settled = hb.is_settled();
+        peer.interfaces = hb.interfaces().clone();
+        for h in hb.heard() {
+            let at = now
+                .checked_sub(Duration::from_millis(u64::from(h.age_ms)))
+                .unwrap_or(now);
+            let entry = peer.relays.entry(id_of(h)).or_insert(Relayed {
+                at,
+                serving: h.serving,
+                settled: h.settled,
+            });
+            if at >= entry.at {
+                *entry = Relayed {
+                    at,
+                    serving: h.serving,
+                    settled: h.settled,
+                };
             }
         }
-        let state = if hb.is_leaving() {
-            State::Left
+        // Relays older than the timeout can never matter again.
+        peer.relays.retain(|_, r| fresh(r.at, timeout, now));
+        Observed::Accepted { revived }
+    }
+
+    /// Updates our own serving state at `now` and forgets retained members that died.
+    pub fn tick(&mut self, now: Instant) -> Tick {
+        let mut out = Tick::default();
+        let timeout = self.config.timeout;
+        for (name, p) in &mut self.peers {
+            // A peer heard directly that went silent: reported once, then its news lapses.
+            if p.last.is_some_and(|t| !fresh(t, timeout, now)) {
+                out.silent.push(name.clone());
+                p.last = None;
+            }
+        }
+        let dead_retained: Vec<String> = self
+            .retained
+            .keys()
+            .filter(|n| !self.news(n, now).is_some_and(|n| n.fresh))
+            .cloned()
+            .collect();
+        if !dead_retained.is_empty() {
+            for n in &dead_retained {
+                self.retained.remove(n);
+            }
+            self.reindex();
+        }
+        let serving = self.not_serving(now).is_none();
+        if serving != self.serving {
+            out.serving = Some(serving);
+            self.serving = serving;
+            if serving {
+                out.rejoined = self.served_before;
+                self.served_before = true;
+                let settled_peer = self.peers.iter().any(|(name, p)| {
+                    p.last.is_some_and(|t| fresh(t, timeout, now))
+                        && p.serving
+                        && p.settled
+                        && self.member(name).is_some()
+                });
+                self.settling_until = settled_peer
+                    .then(|| now.checked_add(self.config.hold_down))
+                    .flatten();
+            } else {
+                self.settling_until = None;
+            }
+        }
+        out
+    }
+
+    /// Why we do not serve at `now`, or `None` when we do.
+    pub fn not_serving(&self, now: Instant) -> Option<NotServing> {
+        let timeout = self.config.timeout;
+        if !self.ready {
+            return Some(NotServing::NotReady);
+        }
+        // Members that count: a fresh Lease (or one deleted while they beat), not LEAVING.
+        let counted: Vec<&str> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.fresh)
+            .map(|(n, _)| n.as_str())
+            .chain(self.retained.keys().map(String::as_str))
+            .filter(|n| self.peers.get(*n).is_none_or(|p| p.left_at.is_none()))
+            .collect();
+        if counted.is_empty() {
+            return None;
+        }
+        let heard = |p: &Peer| p.last.is_some_and(|t| fresh(t, timeout, now));
+        let heard_peers: Vec<&Peer> = self
+            .peers
+            .iter()
+            .filter(|(name, p)| self.member(name).is_some() && heard(p))
+            .map(|(_, p)| p)
+            .collect();
+        if heard_peers.is_empty() {
+            return Some(NotServing::HearNobody);
+        }
+        let hears_us = heard_peers.iter().any(|p| {
+            p.relays
+                .get(&self.self_id)
+                .is_some_and(|r| fresh(r.at, timeout, now))
+        });
+        // Nobody hears us, but we hear every member that counts and none has served for a
+        // timeout: they hear nobody (else they would hear each other, or us, and serve), so
+        // we alone can. Two nodes with one direction lost end here.
+        let only_us = counted.iter().all(|n| {
+            self.peers.get(*n).is_some_and(|p| {
+                heard(p)
+                    && p.idle_since
+                        .is_some_and(|s| s.checked_add(timeout).is_some_and(|d| d <= now))
+            })
+        });
+        if hears_us || only_us {
+            None
         } else {
-            State::Alive
-        };
-        self.peers.insert(
-            hb.node().to_owned(),
-            Peer {
-                incarnation: hb.incarnation(),
-                seq: hb.seq(),
-                last_seen: now,
-                interfaces: hb.interfaces().clone(),
-                state,
-            },
-        );
-        match state {
-            State::Left => Observed::Left { changed: was_alive },
-            _ => Observed::Accepted {
-                changed: !was_alive || ifaces_changed,
-            },
+            Some(NotServing::NobodyHearsUs)
         }
     }
 
-    /// The live view at `now`: us, plus every peer heard within `timeout` that has not left
-    /// (or every alive peer, while the isolation guard holds). Same answer before and after
-    /// [`Detector::expire`] at the same `now`.
+    /// Whether we serve (as of the last tick).
+    pub fn serving(&self) -> bool {
+        self.serving
+    }
+
+    /// Whether we are settled at `now` (serving, and past the hold-down if there was one).
+    pub fn settled(&self, now: Instant) -> bool {
+        self.serving && self.settling_until.is_none_or(|u| now >= u)
+    }
+
+    /// The freshest news of member `name`: direct or relayed by a serving peer we hear.
+    fn news(&self, name: &str, now: Instant) -> Option<News<'_>> {
+        let timeout = self.config.timeout;
+        let id = node_id(name);
+        let unique = self
+            .ids
+            .get(&id)
+            .is_some_and(|n| n.as_deref() == Some(name));
+        let peer = self.peers.get(name);
+        let mut best: Option<News<'_>> = peer.and_then(|p| {
+            p.last.map(|at| News {
+                at,
+                serving: p.serving,
+                settled: p.settled,
+                interfaces: Some(&p.interfaces),
+                fresh: false,
+            })
+        });
+        if unique {
+            for (via, p) in &self.peers {
+                if via == name
+                    || !p.serving
+                    || !p.last.is_some_and(|t| fresh(t, timeout, now))
+                    || self.member(via).is_none()
+                {
+                    continue;
+                }
+                let Some(r) = p.relays.get(&id) else { continue };
+                if best.as_ref().is_none_or(|b| r.at > b.at) {
+                    let known = peer
+                        .filter(|x| !x.interfaces.is_empty())
+                        .map(|x| &x.interfaces);
+                    best = Some(News {
+                        at: r.at,
+                        serving: r.serving,
+                        settled: r.settled,
+                        interfaces: known.or(Some(&p.interfaces)),
+                        fresh: false,
+                    });
+                }
+            }
+        }
+        let left_at = peer.and_then(|p| p.left_at);
+        best.map(|mut b| {
+            b.fresh = fresh(b.at, timeout, now) && left_at.is_none_or(|l| b.at > l);
+            b
+        })
+    }
+
+    /// The speakers that may announce at `now`: us while we serve, and every member whose
+    /// freshest news says it serves. Same answer for every call at the same `now` and state.
     pub fn alive(&self, now: Instant) -> AliveView {
-        let frozen = match self.isolated_since {
-            Some(since) => self.within_grace(since, now),
-            None => self.guard_trips(now),
-        };
         let mut view = AliveView::new();
-        view.insert(self.self_node.clone(), self.self_interfaces.clone());
-        for (name, p) in &self.peers {
-            if p.state == State::Alive && (frozen || !self.past_deadline(p, now)) {
-                view.insert(name.clone(), p.interfaces.clone());
+        if self.serving {
+            view.insert(
+                self.self_node.clone(),
+                Live {
+                    interfaces: self.self_interfaces.clone(),
+                    settling: !self.settled(now),
+                },
+            );
+        }
+        for name in self.members.keys().chain(self.retained.keys()) {
+            if let Some(n) = self.news(name, now)
+                && n.fresh
+                && n.serving
+            {
+                view.insert(
+                    name.clone(),
+                    Live {
+                        interfaces: n.interfaces.cloned().unwrap_or_default(),
+                        settling: !n.settled,
+                    },
+                );
             }
         }
         view
     }
 
-    /// Declares dead the peers whose deadline has passed and returns them (sorted), unless
-    /// the self-isolation guard holds them.
-    pub fn expire(&mut self, now: Instant) -> Vec<String> {
-        match self.isolated_since {
-            Some(since) if self.within_grace(since, now) => return Vec::new(),
-            Some(_) => self.isolated_since = None,
-            None => {
-                if self.guard_trips(now) {
-                    self.isolated_since = Some(now);
-                    return Vec::new();
-                }
-            }
-        }
-        let mut dead = Vec::new();
-        for (name, p) in &mut self.peers {
-            if p.state == State::Alive && deadline(p.last_seen, self.config.timeout) <= Some(now) {
-                p.state = State::Dead;
-                dead.push(name.clone());
-            }
-        }
-        dead
+    /// Our next heartbeat's state and heard list at `now`: every member we heard directly
+    /// within the timeout, ascending by id, with the age of its last heartbeat.
+    pub fn outgoing(&self, now: Instant) -> (bool, bool, Vec<Heard>) {
+        let mut heard: Vec<Heard> = self
+            .peers
+            .iter()
+            .filter(|(name, _)| self.member(name).is_some())
+            .filter_map(|(name, p)| {
+                let at = p.last.filter(|t| fresh(*t, self.config.timeout, now))?;
+                let age = now.saturating_duration_since(at).as_millis();
+                Some(Heard {
+                    id: node_id(name),
+                    age_ms: u16::try_from(age).unwrap_or(u16::MAX),
+                    serving: p.serving,
+                    settled: p.settled,
+                })
+            })
+            .collect();
+        heard.sort_by_key(|h| h.id);
+        heard.dedup_by_key(|h| h.id);
+        (self.serving, self.settled(now), heard)
     }
 
-    /// The next instant at which [`Detector::expire`] may change something; `None` = only a
-    /// heartbeat or a membership change can.
+    /// The next instant at which [`Detector::tick`] or [`Detector::alive`] may change
+    /// without a heartbeat; `None` = only a heartbeat or a membership change can.
     pub fn next_deadline(&self) -> Option<Instant> {
-        if let Some(since) = self.isolated_since {
-            return since.checked_add(self.config.isolation_grace);
-        }
-        self.peers
-            .values()
-            .filter(|p| p.state == State::Alive)
-            .filter_map(|p| deadline(p.last_seen, self.config.timeout))
-            .min()
-    }
-
-    /// When the self-isolation guard started holding the view, if it does.
-    pub fn isolated_since(&self) -> Option<Instant> {
-        self.isolated_since
-    }
-
-    fn past_deadline(&self, p: &Peer, now: Instant) -> bool {
-        deadline(p.last_seen, self.config.timeout).is_some_and(|d| d <= now)
-    }
-
-    fn within_grace(&self, since: Instant, now: Instant) -> bool {
-        since
-            .checked_add(self.config.isolation_grace)
-            .is_none_or(|end| now < end)
-    }
-
-    /// True when a deadline has passed, ≥ 2 peers are alive and nobody was heard for
-    /// `timeout/2`: then our own network, not every peer at once, is the likely failure.
-    fn guard_trips(&self, now: Instant) -> bool {
-        let alive: Vec<&Peer> = self
+        let timeout = self.config.timeout;
+        let direct = self
             .peers
             .values()
-            .filter(|p| p.state == State::Alive)
-            .collect();
-        alive.len() >= 2
-            && alive.iter().any(|p| self.past_deadline(p, now))
-            && self
-                .last_rx
-                .is_none_or(|t| now.saturating_duration_since(t) >= self.config.timeout / 2)
+            .filter_map(|p| p.last)
+            .filter_map(|t| t.checked_add(timeout));
+        let relayed = self
+            .peers
+            .values()
+            .filter(|p| p.last.is_some())
+            .flat_map(|p| p.relays.values())
+            .filter_map(|r| r.at.checked_add(timeout));
+        let settle = self.settling_until.filter(|_| self.serving);
+        let idle = self
+            .peers
+            .values()
+            .filter(|p| p.last.is_some())
+            .filter_map(|p| p.idle_since)
+            .filter_map(|t| t.checked_add(timeout));
+        direct.chain(relayed).chain(settle).chain(idle).min()
     }
 }
 
-/// `t + d`, or `None` (never) if that is beyond what `Instant` can hold.
-fn deadline(t: Instant, d: Duration) -> Option<Instant> {
-    t.checked_add(d)
+/// The freshest news of a member.
+struct News<'a> {
+    at: Instant,
+    serving: bool,
+    settled: bool,
+    interfaces: Option<&'a BTreeSet<String>>,
+    /// Younger than the timeout, and not older than a LEAVING of its incarnation.
+    fresh: bool,
+}
+
+/// `t` is younger than `timeout` at `now`.
+fn fresh(t: Instant, timeout: Duration, now: Instant) -> bool {
+    t.checked_add(timeout).is_none_or(|d| now < d)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    fn set(names: &[&str]) -> BTreeSet<String> {
-        names.iter().map(|s| s.to_string()).collect()
-    }
-
-    fn hb(node: &str, inc: u64, seq: u64) -> Heartbeat {
-        Heartbeat::new(node, inc, seq, set(&["eth0"])).unwrap()
-    }
-
-    fn mk_detector(peers: &[&str]) -> Detector {
-        let mut d = Detector::new("self", set(&["eth0"]), Config::default());
-        d.set_members(set(peers));
-        d
-    }
-
-    fn names(view: &AliveView) -> Vec<&str> {
-        view.keys().map(String::as_str).collect()
-    }
-
-    /// One step of a scripted scenario, at a time in ms from the start.
-    enum Step {
-        /// Heartbeat (node, incarnation, seq) arrives; expect this outcome.
-        Hb(u64, &'static str, u64, u64, Observed),
-        /// LEAVING heartbeat arrives; expect this outcome.
-        Leave(u64, &'static str, u64, u64, Observed),
-        /// `expire` at this time returns these nodes.
-        Expire(u64, &'static [&'static str]),
-        /// `alive` at this time is exactly these nodes.
-        Alive(u64, &'static [&'static str]),
-        /// `next_deadline` is this many ms from the start (None = no deadline).
-        Next(Option<u64>),
-        /// Membership becomes these peers.
-        Members(&'static [&'static str]),
-    }
-
-    const ACC: Observed = Observed::Accepted { changed: false };
-    const NEW: Observed = Observed::Accepted { changed: true };
-
-    fn run(name: &str, peers: &[&str], steps: Vec<Step>) {
-        let t0 = Instant::now();
-        let at = |t: u64| t0 + ms(t);
-        let mut d = mk_detector(peers);
-        for (i, step) in steps.into_iter().enumerate() {
-            let ctx = format!("{name}, step {i}");
-            match step {
-                Step::Hb(t, node, inc, seq, want) => {
-                    assert_eq!(d.observe(&hb(node, inc, seq), at(t)), want, "{ctx}");
-                }
-                Step::Leave(t, node, inc, seq, want) => {
-                    let h = hb(node, inc, seq).with_leaving(true);
-                    assert_eq!(d.observe(&h, at(t)), want, "{ctx}");
-                }
-                Step::Expire(t, want) => {
-                    let before = d.alive(at(t));
-                    assert_eq!(d.expire(at(t)), want.to_vec(), "{ctx}");
-                    assert_eq!(
-                        d.alive(at(t)),
-                        before,
-                        "{ctx}: alive() independent of expire()"
-                    );
-                }
-                Step::Alive(t, want) => {
-                    let mut want = want.to_vec();
-                    want.push("self");
-                    want.sort();
-                    assert_eq!(names(&d.alive(at(t))), want, "{ctx}");
-                }
-                Step::Next(want) => {
-                    assert_eq!(d.next_deadline(), want.map(at), "{ctx}");
-                }
-                Step::Members(m) => d.set_members(set(m)),
-            }
-        }
-    }
-
-    #[test]
-    fn transitions() {
-        use Step::*;
-        let left = |changed| Observed::Left { changed };
-        let table: Vec<(&str, &[&str], Vec<Step>)> = vec![
-            (
-                "self only",
-                &[],
-                vec![Alive(0, &[]), Next(None), Expire(1_000, &[])],
-            ),
-            (
-                "first heartbeat makes a peer alive until exactly timeout",
-                &["a"],
-                vec![
-                    Hb(100, "a", 1, 1, NEW),
-                    Alive(100, &["a"]),
-                    Next(Some(450)),
-                    Alive(449, &["a"]),
-                    Expire(449, &[]),
-                    Alive(450, &[]),
-                    Expire(450, &["a"]),
-                    Next(None),
-                    Expire(451, &[]),
-                ],
-            ),
-            (
-                "heartbeats push the deadline",
-                &["a"],
-                vec![
-                    Hb(0, "a", 1, 1, NEW),
-                    Hb(100, "a", 1, 2, ACC),
-                    Hb(200, "a", 1, 3, ACC),
-                    Next(Some(550)),
-                    Expire(500, &[]),
-                    Expire(550, &["a"]),
-                ],
-            ),
-            (
-                "dead peer revives with a fresh heartbeat",
-                &["a"],
-                vec![
-                    Hb(0, "a", 1, 1, NEW),
-                    Expire(350, &["a"]),
-                    Hb(400, "a", 1, 2, NEW),
-                    Alive(400, &["a"]),
-                ],
-            ),
-            (
-                "duplicate and older seq are stale",
-                &["a"],
-                vec![
-                    Hb(0, "a", 1, 5, NEW),
-                    Hb(10, "a", 1, 5, Observed::Stale),
-                    Hb(20, "a", 1, 4, Observed::Stale),
-                    Next(Some(350)),
-                ],
-            ),
-            (
-                "older incarnation is stale, newer replaces",
-                &["a"],
-                vec![
-                    Hb(0, "a", 2, 1, NEW),
-                    Hb(10, "a", 1, 99, Observed::Stale),
-                    Hb(20, "a", 3, 1, ACC),
-                    Hb(30, "a", 2, 2, Observed::Stale),
-                ],
-            ),
-            (
-                "stale heartbeats do not keep a peer alive",
-                &["a"],
-                vec![
-                    Hb(0, "a", 1, 2, NEW),
-                    Hb(300, "a", 1, 1, Observed::Stale),
-                    Expire(350, &["a"]),
-                ],
-            ),
-            (
-                "LEAVING is dead at once; its repeats change nothing",
-                &["a"],
-                vec![
-                    Hb(0, "a", 1, 1, NEW),
-                    Leave(50, "a", 1, 2, left(true)),
-                    Alive(50, &[]),
-                    Leave(60, "a", 1, 3, left(false)),
-                    Leave(60, "a", 1, 3, Observed::Stale),
-                    Next(None),
-                    Expire(1_000, &[]),
-                ],
-            ),
-            (
-                "same incarnation cannot come back after LEAVING",
-                &["a"],
-                vec![
-                    Hb(0, "a", 1, 1, NEW),
-                    Leave(50, "a", 1, 2, left(true)),
-                    Hb(60, "a", 1, 3, Observed::Stale),
-                    Alive(60, &[]),
-                ],
-            ),
-            (
-                "a new incarnation after LEAVING revives",
-                &["a"],
-                vec![
-                    Leave(0, "a", 1, 9, left(false)),
-                    Alive(0, &[]),
-                    Hb(500, "a", 2, 1, NEW),
-                    Alive(500, &["a"]),
-                ],
-            ),
-            (
-                "unknown node and own name are ignored",
-                &["a"],
-                vec![
-                    Hb(0, "b", 1, 1, Observed::UnknownNode),
-                    Hb(0, "self", 1, 1, Observed::Own),
-                    Alive(0, &[]),
-                    Next(None),
-                ],
-            ),
-            (
-                "removed members are forgotten; their replay floor is kept",
-                &["a", "b"],
-                vec![
-                    Hb(0, "a", 1, 7, NEW),
-                    Hb(0, "b", 1, 1, NEW),
-                    Members(&["b"]),
-                    Alive(0, &["b"]),
-                    Hb(10, "a", 1, 8, Observed::UnknownNode),
-                    Members(&["a", "b"]),
-                    Alive(10, &["b"]),
-                    Hb(20, "a", 1, 7, Observed::Stale),
-                    Hb(30, "a", 1, 9, NEW),
-                    Alive(30, &["a", "b"]),
-                ],
-            ),
-            (
-                "one peer silent while another speaks: normal failover",
-                &["a", "b"],
-                vec![
-                    Hb(0, "a", 1, 1, NEW),
-                    Hb(0, "b", 1, 1, NEW),
-                    Hb(100, "b", 1, 2, ACC),
-                    Hb(200, "b", 1, 3, ACC),
-                    Hb(300, "b", 1, 4, ACC),
-                    Expire(350, &["a"]),
-                    Alive(350, &["b"]),
-                ],
-            ),
-            (
-                "a single peer going silent fails over: cannot tell its crash from our isolation",
-                &["a"],
-                vec![Hb(0, "a", 1, 1, NEW), Expire(350, &["a"])],
-            ),
-            (
-                "isolation guard: all of >= 2 peers silent, nobody heard -> frozen",
-                &["a", "b"],
-                vec![
-                    Hb(0, "a", 1, 1, NEW),
-                    Hb(60, "b", 1, 1, NEW),
-                    Alive(350, &["a", "b"]),
-                    Expire(350, &[]),
-                    Next(Some(30_350)),
-                    Expire(1_000, &[]),
-                    Alive(20_000, &["a", "b"]),
-                    Alive(30_349, &["a", "b"]),
-                    Alive(30_350, &[]),
-                    Expire(30_350, &["a", "b"]),
-                    Next(None),
-                ],
-            ),
-            (
-                "isolation guard ends with any heartbeat; the silent one dies a full timeout later",
-                &["a", "b"],
-                vec![
-                    Hb(0, "a", 1, 1, NEW),
-                    Hb(60, "b", 1, 1, NEW),
-                    Expire(350, &[]),
-                    Hb(2_000, "b", 1, 2, ACC),
-                    Next(Some(2_350)),
-                    Alive(2_000, &["a", "b"]),
-                    Expire(2_000, &[]),
-                    Hb(2_200, "b", 1, 3, ACC),
-                    Expire(2_350, &["a"]),
-                    Alive(2_350, &["b"]),
-                ],
-            ),
-            (
-                "guard does not trip when someone was heard within timeout/2",
-                &["a", "b"],
-                vec![
-                    Hb(0, "a", 1, 1, NEW),
-                    Hb(0, "b", 1, 1, NEW),
-                    Hb(180, "b", 1, 2, ACC),
-                    Expire(350, &["a"]),
-                ],
-            ),
-            (
-                "guard trips when the rest were last heard timeout/2 ago",
-                &["a", "b"],
-                vec![
-                    Hb(0, "a", 1, 1, NEW),
-                    Hb(0, "b", 1, 1, NEW),
-                    Hb(175, "b", 1, 2, ACC),
-                    Expire(350, &[]),
-                ],
-            ),
-            (
-                "guard does not count peers that left",
-                &["a", "c"],
-                vec![
-                    Hb(0, "a", 1, 1, NEW),
-                    Hb(0, "c", 1, 1, NEW),
-                    Leave(10, "c", 1, 2, left(true)),
-                    Expire(350, &["a"]),
-                ],
-            ),
-            (
-                "guard does not count peers already dead",
-                &["a", "b", "c"],
-                vec![
-                    Hb(0, "a", 1, 1, NEW),
-                    Hb(0, "b", 1, 1, NEW),
-                    Hb(0, "c", 1, 1, NEW),
-                    Hb(300, "b", 1, 2, ACC),
-                    Hb(300, "c", 1, 2, ACC),
-                    Expire(350, &["a"]),
-                    Hb(500, "c", 1, 3, ACC),
-                    Expire(650, &["b"]),
-                    Expire(850, &["c"]),
-                ],
-            ),
-        ];
-        for (name, peers, steps) in table {
-            run(name, peers, steps);
-        }
-    }
-
-    #[test]
-    fn interface_changes_are_reported() {
-        let t = Instant::now();
-        let mut d = mk_detector(&["a"]);
-        let with = |seq, ifs: &[&str]| Heartbeat::new("a", 1, seq, set(ifs)).unwrap();
-        assert_eq!(d.observe(&with(1, &["eth0"]), t), NEW);
-        assert_eq!(d.observe(&with(2, &["eth0"]), t), ACC);
-        assert_eq!(d.observe(&with(3, &["eth0", "eth1"]), t), NEW);
-        assert_eq!(d.alive(t)["a"], set(&["eth0", "eth1"]));
-        d.set_self_interfaces(set(&["bond0"]));
-        assert_eq!(d.alive(t)["self"], set(&["bond0"]));
-    }
-
-    #[test]
-    fn released_guard_gives_held_peers_a_full_timeout() {
-        let t = Instant::now();
-        let ms = |n| t + Duration::from_millis(n);
-        let mut d = mk_detector(&["a", "b"]);
-        d.observe(&hb("a", 1, 1), t);
-        d.observe(&hb("b", 1, 1), t);
-        // Both fall silent: we suspect our own network and hold them.
-        assert!(d.expire(ms(400)).is_empty());
-        assert!(d.isolated_since().is_some());
-        // The partition heals: `a` is heard first; `b` must not die before it can be heard.
-        d.observe(&hb("a", 1, 2), ms(5_000));
-        assert!(d.isolated_since().is_none());
-        assert!(
-            d.expire(ms(5_001)).is_empty(),
-            "b dies only after a full timeout"
-        );
-        assert!(d.alive(ms(5_001)).contains_key("b"));
-        d.observe(&hb("a", 1, 3), ms(5_300));
-        assert_eq!(d.expire(ms(5_000 + 350)), ["b".to_string()]);
-    }
-
-    #[test]
-    fn retired_floors_are_bounded() {
-        let t = Instant::now();
-        let mut d = Detector::new("self", BTreeSet::new(), Config::default());
-        for i in 0..(MAX_RETIRED + 10) {
-            let n = format!("n{i}");
-            d.set_members(set(&[n.as_str()]));
-            d.observe(&hb(&n, 1, 1), t);
-        }
-        d.set_members(BTreeSet::new());
-        assert!(d.retired.len() <= MAX_RETIRED);
-    }
-
-    #[derive(Debug, Clone)]
-    struct Msg {
-        inc: u64,
-        seq: u64,
-        leaving: bool,
-    }
-
-    fn arb_msgs() -> impl Strategy<Value = Vec<Msg>> {
-        proptest::collection::vec(
-            (1u64..4, 1u64..8, proptest::bool::weighted(0.15))
-                .prop_map(|(inc, seq, leaving)| Msg { inc, seq, leaving }),
-            1..60,
-        )
-    }
-
-    proptest! {
-        /// Whatever the order and duplication, an accepted heartbeat is strictly newer than
-        /// every earlier accepted one, and nothing of a LEAVING incarnation revives it.
-        #[test]
-        fn prop_stale_never_accepted(msgs in arb_msgs(), gaps in proptest::collection::vec(0u64..500, 60)) {
-            let t0 = Instant::now();
-            let mut d = mk_detector(&["a"]);
-            let mut newest: Option<(u64, u64)> = None;
-            let mut left_inc: Option<u64> = None;
-            let mut t = t0;
-            for (m, gap) in msgs.iter().zip(gaps) {
-                t += ms(gap);
-                d.expire(t);
-                let h = Heartbeat::new("a", m.inc, m.seq, set(&["eth0"])).unwrap().with_leaving(m.leaving);
-                let fresh = newest.is_none_or(|n| (m.inc, m.seq) > n);
-                let out = d.observe(&h, t);
-                match out {
-                    Observed::Accepted { .. } => {
-                        prop_assert!(fresh, "accepted stale {:?} after {:?}", m, newest);
-                        prop_assert_ne!(left_inc, Some(m.inc), "revived a LEAVING incarnation");
-                        prop_assert!(d.alive(t).contains_key("a"));
-                    }
-                    Observed::Left { .. } => {
-                        prop_assert!(fresh);
-                        prop_assert!(!d.alive(t).contains_key("a"));
-                    }
-                    Observed::Stale => {}
-                    other => prop_assert!(false, "unexpected {:?}", other),
-                }
-                if matches!(out, Observed::Accepted { .. } | Observed::Left { .. }) {
-                    newest = Some((m.inc, m.seq));
-                    if m.leaving { left_inc = Some(m.inc) }
-                }
-            }
-        }
-
-        /// A peer whose heartbeats stop is alive until exactly `timeout` after the last one.
-        #[test]
-        fn prop_dead_exactly_after_timeout(
-            timeout_ms in 1u64..5_000,
-            beats in proptest::collection::vec(1u64..1_000, 1..20),
-        ) {
-            let t0 = Instant::now();
-            let cfg = Config { timeout: ms(timeout_ms), ..Config::default() };
-            let mut d = Detector::new("self", BTreeSet::new(), cfg);
-            d.set_members(set(&["a"]));
-            let mut t = t0;
-            for (seq, gap) in beats.iter().enumerate() {
-                t += ms(*gap);
-                d.expire(t);
-                d.observe(&hb("a", 1, seq as u64 + 1), t);
-            }
-            let dl = t + cfg.timeout;
-            prop_assert_eq!(d.next_deadline(), Some(dl));
-            prop_assert!(d.alive(dl - Duration::from_nanos(1)).contains_key("a"));
-            prop_assert!(d.expire(dl - Duration::from_nanos(1)).is_empty());
-            prop_assert!(!d.alive(dl).contains_key("a"));
-            prop_assert_eq!(d.expire(dl), vec!["a".to_string()]);
-        }
-
-        /// LEAVING removes the peer from the view at the very instant it arrives.
-        #[test]
-        fn prop_leaving_is_dead_at_once(beats in 1u64..20, at_ms in 0u64..340) {
-            let t0 = Instant::now();
-            let mut d = mk_detector(&["a", "b"]);
-            for seq in 1..=beats {
-                d.observe(&hb("a", 1, seq), t0);
-                d.observe(&hb("b", 1, seq), t0);
-            }
-            let t = t0 + ms(at_ms);
-            let out = d.observe(&hb("a", 1, beats + 1).with_leaving(true), t);
-            prop_assert_eq!(out, Observed::Left { changed: true });
-            prop_assert!(!d.alive(t).contains_key("a"));
-            prop_assert!(d.alive(t).contains_key("b"));
-        }
-
-        /// `alive(now)` gives the same view before and after `expire(now)`.
-        #[test]
-        fn prop_alive_independent_of_expire(
-            events in proptest::collection::vec((0usize..3, 0u64..400, any::<bool>()), 1..40),
-        ) {
-            let peers = ["a", "b", "c"];
-            let mut d = mk_detector(&peers);
-            let mut t = Instant::now();
-            let mut seqs = [0u64; 3];
-            for (who, gap, send) in events {
-                t += ms(gap);
-                let before = d.alive(t);
-                d.expire(t);
-                prop_assert_eq!(d.alive(t), before);
-                if send {
-                    seqs[who] += 1;
-                    d.observe(&hb(peers[who], 1, seqs[who]), t);
-                }
-            }
-        }
-    }
-}
+mod tests;

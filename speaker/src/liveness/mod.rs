@@ -5,12 +5,13 @@
 //!             │ watch::Receiver                                     │ watch::Receiver
 //!             ▼                                                     ▼
 //!   ┌──────────────────────────── udp::Liveness (tokio task) ─────────────────────────┐
-//!   │  every interval: codec::encode(Heartbeat{node, incarnation, seq, ifaces}) ──▶ each peer
+//!   │  every interval: codec::encode(Heartbeat{node, incarnation, seq, ifaces,       │
+//!   │                  serving, settled, heard list}) ──▶ each peer
 //!   │  datagram ──codec::decode (HMAC-SHA256)──▶ detector::Detector::observe        │
-//!   │  sleep until Detector::next_deadline ──▶ Detector::expire                      │
+//!   │  sleep until Detector::next_deadline ──▶ Detector::tick                        │
 //!   └──────────────────────────────────────┬──────────────────────────────────────────┘
 //!                                          ▼ watch::Receiver<AliveView>
-//!                     node → usable interfaces of every live speaker (us included)
+//!        node → interfaces (+ settling) of every speaker that may announce (us: while serving)
 //!                                          ▼
 //!                               core::World speakers ─▶ election
 //! ```
@@ -22,6 +23,10 @@ pub mod codec;
 pub mod detector;
 pub mod udp;
 
-pub use codec::{DecodeError, Heartbeat, Key, KeyError, Malformed, decode, encode};
-pub use detector::{AliveView, Config, Detector, Observed};
-pub use udp::{CountersSnapshot, Liveness, LivenessConfig, LivenessError};
+pub use codec::{
+    DecodeError, Heard, Heartbeat, Key, KeyError, Malformed, decode, decode_any, encode, node_id,
+};
+pub use detector::{AliveView, Config, Detector, Live, Member, NotServing, Observed, Tick};
+pub use udp::{
+    CountersSnapshot, Liveness, LivenessConfig, LivenessError, PeerAddr, random_incarnation,
+};

@@ -2,15 +2,16 @@
 //!
 //! ```text
 //!            ┌───────────────────────── task loop (select!) ─────────────────────────┐
-//!  ticker ──▶│ send Heartbeat{seq+1} to every peer (try_send_to; errors counted)     │
-//!  socket ──▶│ decode ─▶ Detector::observe ─▶ counters                               │
+//!  ticker ──▶│ send Heartbeat{seq+1, serving, settled, heard} to every peer          │
+//!  socket ──▶│ decode (current key, then the other accepted one) ─▶ Detector::observe│
 //!  deadline ▶│ (sleep_until Detector::next_deadline)                                 │
-//!  peers ───▶│ Detector::set_members, new send targets                               │
+//!  peers ───▶│ Detector::set_members (with Lease incarnations), new send targets     │
 //!  ifaces ──▶│ Detector::set_self_interfaces, send a heartbeat at once               │
+//!  ready ───▶│ Detector::set_ready (caches synced, responders can open)              │
 //!  leave() ─▶│ 3 × LEAVING, 10 ms apart, then stop sending                          │
-//!            │ after every event: Detector::expire(now); publish alive view if changed│
+//!            │ after every event: Detector::tick(now); publish view and serving state │
 //!            └──────────────────────────────────────────────────────────────┬────────┘
-//!                                                     watch::Receiver<AliveView>
+//!                       watch::Receiver<AliveView>, watch::Receiver<Option<NotServing>>
 //! ```
 //!
 //! Time is tokio's clock (`tokio::time::Instant`), converted for the detector, so expiry is
@@ -23,7 +24,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
@@ -32,8 +33,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, trace, warn};
 
-use super::codec::{self, DecodeError, Heartbeat, Key, KeyError, Malformed};
-use super::detector::{AliveView, Config, Detector, Observed};
+use super::codec::{self, DecodeError, Heard, Heartbeat, Key, KeyError, Malformed};
+use super::detector::{AliveView, Config, Detector, Member, NotServing, Observed};
 
 /// How many LEAVING datagrams [`Liveness::leave`] sends, so one lost packet does not matter.
 pub const LEAVE_REPEATS: u32 = 3;
@@ -53,10 +54,15 @@ pub struct LivenessConfig {
     pub interval: Duration,
     /// Silence after which a peer is dead (default 350 ms; must be ≥ 2 × interval).
     pub timeout: Duration,
-    /// Longest hold of the self-isolation guard (default 30 s).
-    pub isolation_grace: Duration,
-    /// Shared secret (≥ 16 bytes) from the Kubernetes Secret; keys the HMAC.
+    /// How long a speaker that comes back serves before it takes IPs back (default 3 s).
+    pub hold_down: Duration,
+    /// Shared secret (≥ 16 bytes) from the Kubernetes Secret; keys the HMAC we send.
     pub key: Vec<u8>,
+    /// Another secret whose heartbeats are accepted too (the next or the previous key
+    /// during a rotation); never used to send.
+    pub accept_key: Option<Vec<u8>>,
+    /// This start's incarnation: random, published in our Lease so peers accept it.
+    pub incarnation: u64,
 }
 
 impl LivenessConfig {
@@ -68,8 +74,10 @@ impl LivenessConfig {
             bind,
             interval: Duration::from_millis(100),
             timeout: detector.timeout,
-            isolation_grace: detector.isolation_grace,
+            hold_down: detector.hold_down,
             key,
+            accept_key: None,
+            incarnation: random_incarnation(),
         }
     }
 
@@ -87,10 +95,19 @@ impl fmt::Debug for LivenessConfig {
             .field("bind", &self.bind)
             .field("interval", &self.interval)
             .field("timeout", &self.timeout)
-            .field("isolation_grace", &self.isolation_grace)
+            .field("hold_down", &self.hold_down)
+            .field("incarnation", &self.incarnation)
             .field("key", &"<redacted>")
             .finish()
     }
+}
+
+/// A random incarnation for this start: the keys of std's `RandomState` come from the OS's
+/// random source, so no clock is involved (a clock that steps back across a restart must
+/// not make the node look like a replay).
+pub fn random_incarnation() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id())
 }
 
 /// Why the heartbeat task could not start (all are configuration or host errors: not retryable
@@ -104,7 +121,7 @@ pub enum LivenessError {
     #[error("node name cannot be sent in a heartbeat: {0}")]
     InvalidNode(Malformed),
     /// `timeout` must be at least twice `interval` (and `interval` non-zero), or one lost
-    /// heartbeat would kill a peer and the isolation guard could not work.
+    /// heartbeat would kill a peer.
     #[error("heartbeat timeout {timeout:?} must be at least 2 × interval {interval:?} (> 0)")]
     Timing {
         /// Configured interval.
@@ -168,7 +185,7 @@ pub struct CountersSnapshot {
     pub rejected_unknown_node: u64,
     /// Peers declared dead (timeout or LEAVING).
     pub peer_deaths: u64,
-    /// Times the self-isolation guard froze the view.
+    /// Times this speaker stopped serving because it was cut off from its peers.
     pub isolations: u64,
 }
 
@@ -203,6 +220,7 @@ pub struct Liveness {
     counters: Arc<Counters>,
     local_addr: SocketAddr,
     rejoins: watch::Receiver<u64>,
+    not_serving: watch::Receiver<Option<NotServing>>,
     task: JoinHandle<()>,
 }
 
@@ -215,15 +233,20 @@ impl fmt::Debug for Command {
 impl Liveness {
     /// Binds the socket and starts the task (must be called inside a tokio runtime).
     ///
-    /// `peers` maps each member's node name to its heartbeat address (our own entry, if
-    /// present, is ignored); `interfaces` is our usable interface set. The returned receiver
-    /// holds the alive view and changes only when membership or interfaces change.
+    /// `peers` maps each member's node name to its heartbeat address and published
+    /// incarnation (our own entry, if present, is ignored); `interfaces` is our usable
+    /// interface set; `ready` says whether we can answer at all. The returned receiver
+    /// holds the alive view (us included only while we serve).
     pub fn spawn(
         cfg: LivenessConfig,
-        peers: watch::Receiver<BTreeMap<String, SocketAddr>>,
+        peers: watch::Receiver<BTreeMap<String, PeerAddr>>,
         interfaces: watch::Receiver<BTreeSet<String>>,
+        ready: watch::Receiver<bool>,
     ) -> Result<(Liveness, watch::Receiver<AliveView>), LivenessError> {
-        let key = Key::new(&cfg.key)?;
+        let mut keys = vec![Key::new(&cfg.key)?];
+        if let Some(k) = &cfg.accept_key {
+            keys.push(Key::new(k)?);
+        }
         codec::check_node(&cfg.node).map_err(LivenessError::InvalidNode)?;
         if cfg.interval.is_zero() || cfg.timeout < cfg.interval * 2 {
             return Err(LivenessError::Timing {
@@ -244,22 +267,21 @@ impl Liveness {
             BTreeSet::new(),
             Config {
                 timeout: cfg.timeout,
-                isolation_grace: cfg.isolation_grace,
+                hold_down: cfg.hold_down,
             },
         );
-        let (view_tx, view_rx) = watch::channel(detector.alive(Instant::now().into_std()));
+        let now = Instant::now().into_std();
+        let (view_tx, view_rx) = watch::channel(detector.alive(now));
+        let (serving_tx, serving_rx) = watch::channel(detector.not_serving(now));
         let (rejoin_tx, rejoin_rx) = watch::channel(0u64);
         let (cmd_tx, cmd_rx) = mpsc::channel(4);
         let counters = Arc::new(Counters::default());
-        let incarnation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+        let incarnation = cfg.incarnation;
         info!(node = %cfg.node, addr = %local_addr, incarnation, "heartbeats starting");
         let task = Task {
             socket,
             v6: local_addr.is_ipv6(),
-            key,
+            keys,
             node: cfg.node,
             incarnation,
             seq: 0,
@@ -270,15 +292,17 @@ impl Liveness {
             left: false,
             counters: counters.clone(),
             view_tx,
+            serving_tx,
             rejoin_tx,
         };
-        let task = tokio::spawn(task.run(peers, interfaces, cmd_rx));
+        let task = tokio::spawn(task.run(peers, interfaces, ready, cmd_rx));
         Ok((
             Liveness {
                 commands: cmd_tx,
                 counters,
                 local_addr,
                 rejoins: rejoin_rx,
+                not_serving: serving_rx,
                 task,
             },
             view_rx,
@@ -294,11 +318,16 @@ impl Liveness {
         }
     }
 
-    /// Counts the times the self-isolation guard was released because peers were heard
-    /// again: our view never dropped them, but while we were cut off they may have taken
-    /// our IPs over, so we must announce ours again.
+    /// Counts the times we serve again after having stopped (cut off, then heard again):
+    /// meanwhile peers may have taken our IPs and clients learned their MACs, so we must
+    /// announce ours again.
     pub fn rejoins(&self) -> watch::Receiver<u64> {
         self.rejoins.clone()
+    }
+
+    /// Why we do not serve (`None` while we do): for `/readyz`, logs and conditions.
+    pub fn not_serving(&self) -> watch::Receiver<Option<NotServing>> {
+        self.not_serving.clone()
     }
 
     /// The counters as they are now.
@@ -333,10 +362,22 @@ fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+/// Where a member listens for heartbeats, and what its Lease says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// Heartbeat address.
+    pub addr: SocketAddr,
+    /// Published incarnation; `None` (a Lease without one) accepts any newer heartbeat.
+    pub incarnation: Option<u64>,
+    /// The Lease was renewed within its duration, as observed by this speaker.
+    pub fresh: bool,
+}
+
 struct Task {
     socket: UdpSocket,
     v6: bool,
-    key: Key,
+    /// The key we sign with first, then the other accepted one.
+    keys: Vec<Key>,
     node: String,
     incarnation: u64,
     seq: u64,
@@ -349,7 +390,22 @@ struct Task {
     left: bool,
     counters: Arc<Counters>,
     view_tx: watch::Sender<AliveView>,
+    serving_tx: watch::Sender<Option<NotServing>>,
     rejoin_tx: watch::Sender<u64>,
+}
+
+/// The part of `heard` that fits one heartbeat: all of it when it fits, else a window of
+/// `capacity` entries that moves on with every heartbeat, so each peer is listed at least
+/// every ⌈len / capacity⌉ heartbeats (receivers keep the freshest news they got).
+fn heard_window(heard: Vec<Heard>, capacity: usize, seq: u64) -> Vec<Heard> {
+    if heard.len() <= capacity {
+        return heard;
+    }
+    let len = heard.len();
+    let start = usize::try_from(seq.wrapping_mul(capacity as u64) % len as u64).unwrap_or(0);
+    let mut window: Vec<Heard> = (0..capacity).map(|k| heard[(start + k) % len]).collect();
+    window.sort_by_key(|h| h.id);
+    window
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -362,16 +418,18 @@ async fn sleep_until(deadline: Option<Instant>) {
 impl Task {
     async fn run(
         mut self,
-        mut peers: watch::Receiver<BTreeMap<String, SocketAddr>>,
+        mut peers: watch::Receiver<BTreeMap<String, PeerAddr>>,
         mut interfaces: watch::Receiver<BTreeSet<String>>,
+        mut ready: watch::Receiver<bool>,
         mut commands: mpsc::Receiver<Command>,
     ) {
         self.set_peers(&peers.borrow_and_update().clone());
         self.set_interfaces(&interfaces.borrow_and_update().clone());
+        self.detector.set_ready(*ready.borrow_and_update());
         self.publish();
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let (mut peers_open, mut ifaces_open) = (true, true);
+        let (mut peers_open, mut ifaces_open, mut ready_open) = (true, true, true);
         // Largest valid heartbeat is codec::MAX_LEN; anything bigger is read truncated and
         // then refused as too long.
         let mut buf = vec![0u8; codec::MAX_LEN + 1];
@@ -405,6 +463,13 @@ impl Task {
                     }
                     Err(_) => ifaces_open = false,
                 },
+                changed = ready.changed(), if ready_open => match changed {
+                    Ok(()) => {
+                        self.detector.set_ready(*ready.borrow_and_update());
+                        dirty = true;
+                    }
+                    Err(_) => ready_open = false,
+                },
                 command = commands.recv() => match command {
                     Some(Command::Leave(done)) => {
                         self.leave().await;
@@ -413,19 +478,37 @@ impl Task {
                     None => return,
                 },
             }
-            self.expire(dirty);
+            self.tick(dirty);
         }
     }
 
-    fn set_peers(&mut self, peers: &BTreeMap<String, SocketAddr>) {
+    fn set_peers(&mut self, peers: &BTreeMap<String, PeerAddr>) {
+        let old = std::mem::take(&mut self.targets);
         self.targets = peers
             .iter()
             .filter(|(node, _)| **node != self.node)
-            .map(|(node, addr)| (node.clone(), *addr))
+            .map(|(node, p)| (node.clone(), p.addr))
             .collect();
-        debug!(peers = self.targets.len(), "heartbeat peers updated");
+        let members = peers
+            .iter()
+            .map(|(node, p)| {
+                let m = Member {
+                    incarnation: p.incarnation,
+                    fresh: p.fresh,
+                };
+                (node.clone(), m)
+            })
+            .collect();
         self.detector
-            .set_members(self.targets.keys().cloned().collect());
+            .set_members(members, Instant::now().into_std());
+        // Members whose Lease went away while they beat are kept (a cleanup, a prune):
+        // keep sending to them too, or they would stop hearing us.
+        for node in self.detector.retained() {
+            if let Some(addr) = old.get(node) {
+                self.targets.insert(node.clone(), *addr);
+            }
+        }
+        debug!(peers = self.targets.len(), "heartbeat peers updated");
     }
 
     fn set_interfaces(&mut self, wanted: &BTreeSet<String>) {
@@ -448,20 +531,31 @@ impl Task {
 
     fn send_heartbeat(&mut self, leaving: bool) {
         self.seq += 1;
-        let hb = match Heartbeat::new(
+        let now = Instant::now().into_std();
+        let (serving, settled, heard) = self.detector.outgoing(now);
+        let hb = Heartbeat::new(
             self.node.clone(),
             self.incarnation,
             self.seq,
             self.interfaces.clone(),
-        ) {
-            Ok(hb) => hb.with_leaving(leaving),
+        )
+        .map(|hb| {
+            hb.with_leaving(leaving)
+                .with_state(serving && !leaving, settled)
+        });
+        let hb = hb.and_then(|hb| {
+            let window = heard_window(heard, hb.heard_capacity(), self.seq);
+            hb.with_heard(window)
+        });
+        let hb = match hb {
+            Ok(hb) => hb,
             Err(error) => {
-                // Unreachable: the node and interfaces were checked before.
+                // Unreachable: the node and interfaces were checked before, the window fits.
                 warn!(%error, "cannot build heartbeat");
                 return;
             }
         };
-        let bytes = codec::encode(&hb, &self.key);
+        let bytes = codec::encode(&hb, &self.keys[0]);
         for (node, addr) in &self.targets {
             match self.socket.try_send_to(&bytes, self.target(*addr)) {
                 Ok(_) => inc(&self.counters.sent),
@@ -498,7 +592,7 @@ impl Task {
     fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) -> bool {
         let c = &self.counters;
         inc(&c.received);
-        let hb = match codec::decode(bytes, &self.key) {
+        let hb = match codec::decode_any(bytes, &self.keys) {
             Ok(hb) => hb,
             Err(error) => {
                 inc(match error {
@@ -514,27 +608,20 @@ impl Task {
             }
         };
         let now = Instant::now().into_std();
-        let was_isolated = self.detector.isolated_since().is_some();
-        let observed = self.detector.observe(&hb, now);
-        if was_isolated && self.detector.isolated_since().is_none() {
-            info!(peer = %hb.node(), "heard from a peer again: isolation guard released");
-            self.rejoin_tx.send_modify(|n| *n += 1);
-        }
-        match observed {
-            Observed::Accepted { changed } => {
+        match self.detector.observe(&hb, now) {
+            Observed::Accepted { revived } => {
                 inc(&c.accepted);
-                if changed {
-                    info!(peer = %hb.node(), %from, interfaces = ?hb.interfaces(), "peer alive");
+                if revived {
+                    info!(peer = %hb.node(), %from, interfaces = ?hb.interfaces(),
+                        serving = hb.is_serving(), "peer heard");
                 }
-                changed
+                true
             }
-            Observed::Left { changed } => {
+            Observed::Left => {
                 inc(&c.accepted);
-                if changed {
-                    inc(&c.peer_deaths);
-                    info!(peer = %hb.node(), %from, "peer left");
-                }
-                changed
+                inc(&c.peer_deaths);
+                info!(peer = %hb.node(), %from, "peer left");
+                true
             }
             Observed::Stale => {
                 inc(&c.rejected_stale);
@@ -549,34 +636,49 @@ impl Task {
         }
     }
 
-    /// Expires due peers and publishes the view if it changed.
-    fn expire(&mut self, dirty: bool) {
+    /// Applies the time: peers gone silent, our own serving state; publishes the view.
+    fn tick(&mut self, dirty: bool) {
         let now = Instant::now().into_std();
-        let was_isolated = self.detector.isolated_since().is_some();
-        let dead = self.detector.expire(now);
-        match (was_isolated, self.detector.isolated_since().is_some()) {
-            (false, true) => {
-                inc(&self.counters.isolations);
-                warn!(
-                    "every peer went silent at once: suspecting our own network, holding the view"
-                );
-            }
-            (true, false) => {
-                info!("isolation grace over: peers still silent are declared dead");
-            }
-            _ => {}
-        }
-        for peer in &dead {
+        let t = self.detector.tick(now);
+        for peer in &t.silent {
             inc(&self.counters.peer_deaths);
-            warn!(peer = %peer, "peer dead: heartbeats stopped");
+            warn!(peer = %peer, "peer silent: heartbeats stopped");
         }
-        if dirty || !dead.is_empty() {
-            self.publish();
+        match t.serving {
+            Some(false) => {
+                let why = self.detector.not_serving(now);
+                if matches!(
+                    why,
+                    Some(NotServing::HearNobody | NotServing::NobodyHearsUs)
+                ) {
+                    inc(&self.counters.isolations);
+                }
+                warn!(reason = ?why, "not serving: announcing nothing");
+            }
+            Some(true) => {
+                info!(rejoined = t.rejoined, "serving");
+                if t.rejoined {
+                    self.rejoin_tx.send_modify(|n| *n += 1);
+                }
+            }
+            None => {}
         }
+        let _ = dirty;
+        self.publish();
     }
 
     fn publish(&self) {
-        let view = self.detector.alive(Instant::now().into_std());
+        let now = Instant::now().into_std();
+        let why = self
+            .detector
+            .not_serving(now)
+            .filter(|_| !self.detector.serving());
+        self.serving_tx.send_if_modified(|current| {
+            let changed = *current != why;
+            *current = why;
+            changed
+        });
+        let view = self.detector.alive(now);
         self.view_tx.send_if_modified(|current| {
             if *current == view {
                 false
@@ -592,32 +694,58 @@ impl Task {
 mod tests {
     use super::*;
     use std::time::Instant as StdInstant;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     const KEY: &[u8] = b"ferrolb-test-shared-secret";
     const LIMIT: Duration = Duration::from_secs(2);
 
     struct Node {
         name: &'static str,
+        incarnation: u64,
         handle: Liveness,
         view: watch::Receiver<AliveView>,
-        peers: watch::Sender<BTreeMap<String, SocketAddr>>,
+        peers: watch::Sender<BTreeMap<String, PeerAddr>>,
         interfaces: watch::Sender<BTreeSet<String>>,
+        _ready: watch::Sender<bool>,
+    }
+
+    impl Node {
+        fn peer(&self) -> PeerAddr {
+            PeerAddr {
+                addr: self.handle.local_addr(),
+                incarnation: Some(self.incarnation),
+                fresh: true,
+            }
+        }
     }
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()
     }
 
+    fn spawn_node(
+        cfg: LivenessConfig,
+        peers_rx: watch::Receiver<BTreeMap<String, PeerAddr>>,
+        ifaces_rx: watch::Receiver<BTreeSet<String>>,
+    ) -> Result<(Liveness, watch::Receiver<AliveView>, watch::Sender<bool>), LivenessError> {
+        let (ready, ready_rx) = watch::channel(true);
+        let (handle, view) = Liveness::spawn(cfg, peers_rx, ifaces_rx, ready_rx)?;
+        Ok((handle, view, ready))
+    }
+
     fn start_with(name: &'static str, cfg: LivenessConfig) -> Node {
         let (peers, peers_rx) = watch::channel(BTreeMap::new());
         let (interfaces, ifaces_rx) = watch::channel(set(&["eth0"]));
-        let (handle, view) = Liveness::spawn(cfg, peers_rx, ifaces_rx).unwrap();
+        let incarnation = cfg.incarnation;
+        let (handle, view, ready) = spawn_node(cfg, peers_rx, ifaces_rx).unwrap();
         Node {
             name,
+            incarnation,
             handle,
             view,
             peers,
             interfaces,
+            _ready: ready,
         }
     }
 
@@ -628,9 +756,9 @@ mod tests {
 
     /// Tells every node about every other (full mesh, as the API would).
     fn connect(nodes: &[&Node]) {
-        let all: BTreeMap<String, SocketAddr> = nodes
+        let all: BTreeMap<String, PeerAddr> = nodes
             .iter()
-            .map(|n| (n.name.to_string(), n.handle.local_addr()))
+            .map(|n| (n.name.to_string(), n.peer()))
             .collect();
         for n in nodes {
             n.peers.send_replace(all.clone());
@@ -667,7 +795,7 @@ mod tests {
             let mut v = n.view.clone();
             wait_for(&mut v, has(&["a", "b", "c"])).await.unwrap();
         }
-        assert_eq!(a.view.borrow()["b"], set(&["eth0"]));
+        assert_eq!(a.view.borrow()["b"].interfaces, set(&["eth0"]));
 
         // Crash at an arbitrary point of c's 100 ms heartbeat cycle.
         let phase = SystemTime::now()
@@ -718,7 +846,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn wrong_key_is_rejected_and_never_alive() {
+    async fn a_node_with_another_key_is_never_counted_and_counts_nobody() {
         let a = start("a");
         let bind = "127.0.0.1:0".parse().unwrap();
         let m = start_with(
@@ -734,11 +862,93 @@ mod tests {
         let stats = a.handle.counters();
         assert!(stats.rejected_bad_tag >= 5, "{stats:?}");
         assert_eq!(stats.accepted, 0, "{stats:?}");
+        // Both hear nobody: neither serves (neither can tell who is cut off), so no IP
+        // gets two answerers; with a third, well-keyed node, a would serve (see below).
+        assert!(a.view.borrow().is_empty(), "{:?}", *a.view.borrow());
+        assert!(m.view.borrow().is_empty());
         assert_eq!(
-            *a.view.borrow(),
-            AliveView::from([("a".into(), set(&["eth0"]))])
+            *m.handle.not_serving().borrow(),
+            Some(NotServing::HearNobody)
         );
-        assert!(!m.view.borrow().contains_key("a"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_hears_nobody_serves_nothing_and_nobody_counts_it() {
+        // m's heartbeat port is firewalled inbound: a and b send to a port nobody reads.
+        let (a, b, m) = (start("a"), start("b"), start("m"));
+        connect(&[&a, &b, &m]);
+        let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut wrong = BTreeMap::from([
+            ("a".to_string(), a.peer()),
+            ("b".to_string(), b.peer()),
+            ("m".to_string(), m.peer()),
+        ]);
+        wrong.get_mut("m").unwrap().addr = hole.local_addr().unwrap();
+        a.peers.send_replace(wrong.clone());
+        b.peers.send_replace(wrong);
+        let (mut va, mut vb, mut vm) = (a.view.clone(), b.view.clone(), m.view.clone());
+        wait_for(&mut va, has(&["a", "b"])).await.unwrap();
+        wait_for(&mut vb, has(&["a", "b"])).await.unwrap();
+        wait_for(&mut vm, has(&[])).await.unwrap();
+        assert_eq!(
+            *m.handle.not_serving().borrow(),
+            Some(NotServing::HearNobody)
+        );
+        assert!(m.handle.counters().isolations >= 1 || m.handle.counters().accepted == 0);
+        // Lifted: m takes part again.
+        connect(&[&a, &b, &m]);
+        wait_for(&mut vm, has(&["a", "b", "m"])).await.unwrap();
+        wait_for(&mut va, has(&["a", "b", "m"])).await.unwrap();
+        assert_eq!(*m.handle.not_serving().borrow(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_rotate_without_a_split() {
+        // Step 1: everyone signs with K1 and also accepts K2 (the next key).
+        // Step 2: a signs with K2 (accepting K1); b still on step 1. No split.
+        let (k1, k2) = (
+            b"first-heartbeat-key-0001".to_vec(),
+            b"second-heartbeat-key-002".to_vec(),
+        );
+        let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mk = |name: &'static str, sign: &[u8], accept: &[u8]| {
+            let mut cfg = LivenessConfig::new(name, bind, sign.to_vec());
+            cfg.accept_key = Some(accept.to_vec());
+            start_with(name, cfg)
+        };
+        let a = mk("a", &k2, &k1);
+        let b = mk("b", &k1, &k2);
+        connect(&[&a, &b]);
+        let (mut va, mut vb) = (a.view.clone(), b.view.clone());
+        wait_for(&mut va, has(&["a", "b"])).await.unwrap();
+        wait_for(&mut vb, has(&["a", "b"])).await.unwrap();
+        assert_eq!(a.handle.counters().rejected_bad_tag, 0);
+        assert_eq!(b.handle.counters().rejected_bad_tag, 0);
+        // Without the accepted key, the same pair splits: what the procedure avoids.
+        let c = start_with("c", LivenessConfig::new("c", bind, k2.clone()));
+        let d = start_with("d", LivenessConfig::new("d", bind, k1.clone()));
+        connect(&[&c, &d]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(c.handle.counters().rejected_bad_tag > 0);
+        assert!(c.view.borrow().is_empty() && d.view.borrow().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_is_accepted_through_its_lease_whatever_its_incarnation() {
+        let (a, b) = (start("a"), start("b"));
+        connect(&[&a, &b]);
+        let mut va = a.view.clone();
+        wait_for(&mut va, has(&["a", "b"])).await.unwrap();
+        // b restarts with a smaller incarnation (a clock that stepped back would do that to
+        // time-based incarnations): accepted once its Lease publishes it.
+        drop(b);
+        let mut cfg = LivenessConfig::new("b", "127.0.0.1:0".parse().unwrap(), KEY.to_vec());
+        cfg.incarnation = 1;
+        let b2 = start_with("b", cfg);
+        connect(&[&a, &b2]);
+        wait_for(&mut va, has(&["a", "b"])).await.unwrap();
+        let mut vb = b2.view.clone();
+        wait_for(&mut vb, has(&["a", "b"])).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -750,11 +960,13 @@ mod tests {
 
         a.interfaces
             .send_replace(set(&["bond0", "eth7", "bad/name"]));
-        let took = wait_for(&mut vb, |v| v.get("a") == Some(&set(&["bond0", "eth7"])))
-            .await
-            .unwrap();
+        let took = wait_for(&mut vb, |v| {
+            v.get("a").map(|l| &l.interfaces) == Some(&set(&["bond0", "eth7"]))
+        })
+        .await
+        .unwrap();
         println!("interface change propagated in {took:?}");
-        assert_eq!(a.view.borrow()["a"], set(&["bond0", "eth7"]));
+        assert_eq!(a.view.borrow()["a"].interfaces, set(&["bond0", "eth7"]));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -762,7 +974,7 @@ mod tests {
         let (a, b) = (start("a"), start("b"));
         // b knows a, a does not know b yet.
         b.peers
-            .send_replace(BTreeMap::from([("a".to_string(), a.handle.local_addr())]));
+            .send_replace(BTreeMap::from([("a".to_string(), a.peer())]));
         let deadline = StdInstant::now() + LIMIT;
         while a.handle.counters().rejected_unknown_node < 3 && StdInstant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -778,23 +990,52 @@ mod tests {
     async fn dual_stack_socket_reaches_ipv4_peers() {
         let mut cfg = LivenessConfig::new("a", "[::]:0".parse().unwrap(), KEY.to_vec());
         cfg.bind = "[::]:0".parse().unwrap();
+        let incarnation = cfg.incarnation;
         let (peers, peers_rx) = watch::channel(BTreeMap::new());
         let (_ifaces, ifaces_rx) = watch::channel(set(&["eth0"]));
-        let Ok((handle, view)) = Liveness::spawn(cfg, peers_rx, ifaces_rx) else {
+        let Ok((handle, view, _ready)) = spawn_node(cfg, peers_rx, ifaces_rx) else {
             println!("IPv6 unavailable here; skipping");
             return;
         };
         let b = start("b");
         let a_addr = SocketAddr::new("127.0.0.1".parse().unwrap(), handle.local_addr().port());
         let mesh = BTreeMap::from([
-            ("a".to_string(), a_addr),
-            ("b".to_string(), b.handle.local_addr()),
+            (
+                "a".to_string(),
+                PeerAddr {
+                    addr: a_addr,
+                    incarnation: Some(incarnation),
+                    fresh: true,
+                },
+            ),
+            ("b".to_string(), b.peer()),
         ]);
         peers.send_replace(mesh.clone());
         b.peers.send_replace(mesh);
         let (mut va, mut vb) = (view, b.view.clone());
         wait_for(&mut va, has(&["a", "b"])).await.unwrap();
         wait_for(&mut vb, has(&["a", "b"])).await.unwrap();
+    }
+
+    #[test]
+    fn the_heard_window_lists_everyone_within_a_few_heartbeats() {
+        let heard: Vec<Heard> = (0..10u32)
+            .map(|id| Heard {
+                id,
+                age_ms: 0,
+                serving: true,
+                settled: true,
+            })
+            .collect();
+        assert_eq!(heard_window(heard.clone(), 10, 7), heard);
+        let mut seen = BTreeSet::new();
+        for seq in 1..=3 {
+            let w = heard_window(heard.clone(), 4, seq);
+            assert_eq!(w.len(), 4);
+            assert!(w.windows(2).all(|p| p[0].id < p[1].id));
+            seen.extend(w.iter().map(|h| h.id));
+        }
+        assert_eq!(seen.len(), 10, "⌈10 / 4⌉ = 3 heartbeats list all");
     }
 
     #[test]
@@ -808,10 +1049,13 @@ mod tests {
         let spawn = |cfg| {
             let (_p, peers) = watch::channel(BTreeMap::new());
             let (_i, ifaces) = watch::channel(BTreeSet::new());
-            Liveness::spawn(cfg, peers, ifaces).map(|_| ())
+            spawn_node(cfg, peers, ifaces).map(|_| ())
         };
         let short = LivenessConfig::new("a", bind, b"short".to_vec());
         assert!(matches!(spawn(short), Err(LivenessError::Key(_))));
+        let mut short_accept = LivenessConfig::new("a", bind, KEY.to_vec());
+        short_accept.accept_key = Some(b"short".to_vec());
+        assert!(matches!(spawn(short_accept), Err(LivenessError::Key(_))));
         let nameless = LivenessConfig::new("", bind, KEY.to_vec());
         assert!(matches!(
             spawn(nameless),
@@ -829,5 +1073,6 @@ mod tests {
             !debug.contains("ferrolb-test"),
             "key must not be printed: {debug}"
         );
+        assert_ne!(random_incarnation(), random_incarnation());
     }
 }

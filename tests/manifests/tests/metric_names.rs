@@ -77,8 +77,9 @@ fn exposed() -> BTreeSet<String> {
         let cfg = ferrolb_speaker::liveness::LivenessConfig::new("node1", bind, vec![7; 32]);
         let (_peers_tx, peers) = tokio::sync::watch::channel(BTreeMap::new());
         let (_ifs_tx, ifs) = tokio::sync::watch::channel(BTreeSet::new());
+        let (_ready_tx, ready) = tokio::sync::watch::channel(false);
         let (live, _view) =
-            ferrolb_speaker::liveness::Liveness::spawn(cfg, peers, ifs).expect("liveness");
+            ferrolb_speaker::liveness::Liveness::spawn(cfg, peers, ifs, ready).expect("liveness");
         m.attach_liveness(Arc::new(live));
         encode(&registry)
     });
