@@ -176,8 +176,10 @@ fn watch_all(client: &Client) -> BoxStream<'static, Result<Change, watcher::Erro
         ferrolb_ops::watch::watch(Api::<L2Advertisement>::all(client.clone()), wc.clone())
             .map(|r| r.map(Change::Advertisement))
             .boxed(),
+        // Reduced as each object arrives, so even a re-list of every Service of the cluster
+        // never holds full objects (the index would reduce them anyway).
         ferrolb_ops::watch::watch(Api::<Service>::all(client.clone()), wc.clone())
-            .modify(ferrolb_ops::watch::strip)
+            .modify(|s: &mut Service| *s = service::slim(std::mem::take(s)))
             .map(|r| r.map(Change::Service))
             .boxed(),
         ferrolb_ops::watch::watch(Api::<Namespace>::all(client.clone()), wc)
