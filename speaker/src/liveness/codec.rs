@@ -7,7 +7,8 @@
 //!   4    1   version = 2
 //!   5    1   flags: bit 0 LEAVING (graceful shutdown), bit 1 SERVING (may announce: it is
 //!            ready and connected), bit 2 SETTLED (serving for the hold-down, or since it
-//!            joined no settled peer); other bits sent as 0, ignored on receipt
+//!            joined no established peer), bit 3 ESTABLISHED (serving without a break for
+//!            the hold-down); other bits sent as 0, ignored on receipt
 //!   6    8   incarnation, big-endian (random per start, published in the sender's Lease)
 //!  14    8   sequence, big-endian (strictly increasing within an incarnation)
 //!  22    1   node name length n (1..=253)
@@ -76,6 +77,7 @@ const _: () = assert!(
 const FLAG_LEAVING: u8 = 0x01;
 const FLAG_SERVING: u8 = 0x02;
 const FLAG_SETTLED: u8 = 0x04;
+const FLAG_ESTABLISHED: u8 = 0x08;
 const HEARD_SERVING: u8 = 0x01;
 const HEARD_SETTLED: u8 = 0x02;
 
@@ -150,6 +152,7 @@ pub struct Heartbeat {
     leaving: bool,
     serving: bool,
     settled: bool,
+    established: bool,
     interfaces: BTreeSet<String>,
     /// Strictly ascending by id.
     heard: Vec<Heard>,
@@ -180,6 +183,7 @@ impl Heartbeat {
             leaving: false,
             serving: false,
             settled: false,
+            established: false,
             interfaces,
             heard: Vec::new(),
         })
@@ -195,6 +199,12 @@ impl Heartbeat {
     pub fn with_state(mut self, serving: bool, settled: bool) -> Heartbeat {
         self.serving = serving;
         self.settled = settled;
+        self
+    }
+
+    /// Sets ESTABLISHED: the sender has served without a break for its hold-down.
+    pub fn with_established(mut self, established: bool) -> Heartbeat {
+        self.established = established;
         self
     }
 
@@ -257,6 +267,12 @@ impl Heartbeat {
     /// The sender has been serving for its hold-down (or joined when no peer was settled).
     pub fn is_settled(&self) -> bool {
         self.settled
+    }
+
+    /// The sender has served without a break for its hold-down: a node that comes back
+    /// while such a peer exists settles before it takes IPs back.
+    pub fn is_established(&self) -> bool {
+        self.established
     }
 
     /// The peers the sender hears, ascending by id.
@@ -408,7 +424,8 @@ pub fn encode(hb: &Heartbeat, key: &Key) -> Vec<u8> {
     out.push(
         flag(hb.leaving, FLAG_LEAVING)
             | flag(hb.serving, FLAG_SERVING)
-            | flag(hb.settled, FLAG_SETTLED),
+            | flag(hb.settled, FLAG_SETTLED)
+            | flag(hb.established, FLAG_ESTABLISHED),
     );
     out.extend_from_slice(&hb.incarnation.to_be_bytes());
     out.extend_from_slice(&hb.seq.to_be_bytes());
@@ -530,6 +547,7 @@ fn parse_body(body: &[u8]) -> Result<Heartbeat, Malformed> {
         leaving: flags & FLAG_LEAVING != 0,
         serving: flags & FLAG_SERVING != 0,
         settled: flags & FLAG_SETTLED != 0,
+        established: flags & FLAG_ESTABLISHED != 0,
         interfaces,
         heard,
     })
@@ -953,7 +971,7 @@ mod tests {
     fn unknown_flag_bits_are_ignored() {
         let mut body = encode(&mk_hb(), &key());
         body.truncate(body.len() - TAG_LEN);
-        body[5] = 0xf8;
+        body[5] = 0xf0;
         let hb = decode(&sign(&body), &key()).unwrap();
         assert!(!hb.is_leaving() && !hb.is_serving() && !hb.is_settled());
     }
@@ -988,16 +1006,17 @@ mod tests {
             "[a-z0-9.-]{1,253}",
             any::<u64>(),
             any::<u64>(),
-            any::<(bool, bool, bool)>(),
+            any::<(bool, bool, bool, bool)>(),
             proptest::collection::btree_set(arb_iface(), 0..=MAX_INTERFACES),
             proptest::collection::btree_map(any::<u32>(), any::<(u16, bool, bool)>(), 0..300),
         )
             .prop_map(
-                |(node, inc, seq, (leaving, serving, settled), ifs, heard_map)| {
+                |(node, inc, seq, (leaving, serving, settled, established), ifs, heard_map)| {
                     let hb = Heartbeat::new(node, inc, seq, ifs)
                         .unwrap()
                         .with_leaving(leaving)
-                        .with_state(serving, settled);
+                        .with_state(serving, settled)
+                        .with_established(established);
                     let cap = hb.heard_capacity();
                     let list = heard_map
                         .into_iter()

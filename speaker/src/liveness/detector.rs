@@ -13,8 +13,9 @@
 //!                                   OR one we hear directly hears us
 //!                                   OR we hear every member that counts, and none of
 //!                                      them has served for a whole timeout)
-//!   we are settled         ⇔  serving for the hold-down, or no serving settled peer was heard
-//!                              when we started serving (a cold start, a lone node)
+//!   we are established     ⇔  serving without a break for the hold-down
+//!   we are settled         ⇔  established, or no established peer was heard when we
+//!                              started serving (a cold start, a whole LAN coming back)
 //! ```
 //!
 //! Why this holds "at most one announcer per IP" where heartbeats fail one-sidedly:
@@ -70,6 +71,9 @@ pub struct Config {
     pub timeout: Duration,
     /// How long a node that comes back serves before it takes IPs back (default 3 s).
     pub hold_down: Duration,
+    /// How long after our heartbeats start saying SERVING or SETTLED we act on it, so
+    /// peers have heard first (default 300 ms: three heartbeats).
+    pub grace: Duration,
 }
 
 impl Default for Config {
@@ -77,6 +81,7 @@ impl Default for Config {
         Config {
             timeout: Duration::from_millis(350),
             hold_down: Duration::from_secs(3),
+            grace: Duration::from_millis(300),
         }
     }
 }
@@ -161,6 +166,7 @@ struct Peer {
     left_at: Option<Instant>,
     serving: bool,
     settled: bool,
+    established: bool,
     /// Since when its heartbeats have said it does not serve.
     idle_since: Option<Instant>,
     interfaces: BTreeSet<String>,
@@ -190,6 +196,8 @@ pub struct Detector {
     serving: bool,
     /// Until when we are settling (serving, but a candidate of last resort).
     settling_until: Option<Instant>,
+    /// Since when we serve without a break.
+    serving_since: Option<Instant>,
     /// We served at some point in this incarnation.
     served_before: bool,
 }
@@ -215,6 +223,7 @@ impl Detector {
             ready: false,
             serving: false,
             settling_until: None,
+            serving_since: None,
             served_before: false,
         }
     }
@@ -346,6 +355,7 @@ impl Detector {
                 left_at: None,
                 serving: false,
                 settled: false,
+                established: false,
                 idle_since: None,
                 interfaces: BTreeSet::new(),
                 relays: HashMap::new(),
@@ -371,6 +381,7 @@ impl Detector {
         };
         peer.serving = hb.is_serving();
         peer.settled = hb.is_settled();
+        peer.established = hb.is_established();
         peer.interfaces = hb.interfaces().clone();
         for h in hb.heard() {
             let at = now
@@ -424,17 +435,22 @@ impl Detector {
             if serving {
                 out.rejoined = self.served_before;
                 self.served_before = true;
-                let settled_peer = self.peers.iter().any(|(name, p)| {
+                // Settle only behind a peer that has served without a break: when a whole
+                // LAN comes back (or everyone starts), nobody is established and nobody
+                // defers, so IPs do not shuffle as each one's hold-down ends.
+                let established_peer = self.peers.iter().any(|(name, p)| {
                     p.last.is_some_and(|t| fresh(t, timeout, now))
                         && p.serving
-                        && p.settled
+                        && p.established
                         && self.member(name).is_some()
                 });
-                self.settling_until = settled_peer
+                self.settling_until = established_peer
                     .then(|| now.checked_add(self.config.hold_down))
                     .flatten();
+                self.serving_since = Some(now);
             } else {
                 self.settling_until = None;
+                self.serving_since = None;
             }
         }
         out
@@ -500,6 +516,13 @@ impl Detector {
         self.serving && self.settling_until.is_none_or(|u| now >= u)
     }
 
+    /// Whether we have served without a break for the hold-down at `now`.
+    pub fn established(&self, now: Instant) -> bool {
+        self.serving_since
+            .and_then(|s| s.checked_add(self.config.hold_down))
+            .is_some_and(|d| d <= now)
+    }
+
     /// The freshest news of member `name`: direct or relayed by a serving peer we hear.
     fn news(&self, name: &str, now: Instant) -> Option<News<'_>> {
         let timeout = self.config.timeout;
@@ -551,14 +574,22 @@ impl Detector {
 
     /// The speakers that may announce at `now`: us while we serve, and every member whose
     /// freshest news says it serves. Same answer for every call at the same `now` and state.
+    ///
+    /// We count ourselves a timeout after our heartbeats started saying so (SERVING, then
+    /// SETTLED): peers learn a change of ours one heartbeat later, so a node that takes an
+    /// IP acts after the one giving it up has heard, and the client sees a gap, never two
+    /// answers.
     pub fn alive(&self, now: Instant) -> AliveView {
         let mut view = AliveView::new();
-        if self.serving {
+        let grace = self.config.grace;
+        let since = |t: Option<Instant>| t.and_then(|t| t.checked_add(grace));
+        if self.serving && since(self.serving_since).is_none_or(|t| t <= now) {
+            let settling = since(self.settling_until).is_some_and(|t| now < t);
             view.insert(
                 self.self_node.clone(),
                 Live {
                     interfaces: self.self_interfaces.clone(),
-                    settling: !self.settled(now),
+                    settling,
                 },
             );
         }
@@ -581,7 +612,7 @@ impl Detector {
 
     /// Our next heartbeat's state and heard list at `now`: every member we heard directly
     /// within the timeout, ascending by id, with the age of its last heartbeat.
-    pub fn outgoing(&self, now: Instant) -> (bool, bool, Vec<Heard>) {
+    pub fn outgoing(&self, now: Instant) -> Outgoing {
         let mut heard: Vec<Heard> = self
             .peers
             .iter()
@@ -599,12 +630,17 @@ impl Detector {
             .collect();
         heard.sort_by_key(|h| h.id);
         heard.dedup_by_key(|h| h.id);
-        (self.serving, self.settled(now), heard)
+        Outgoing {
+            serving: self.serving,
+            settled: self.settled(now),
+            established: self.established(now),
+            heard,
+        }
     }
 
-    /// The next instant at which [`Detector::tick`] or [`Detector::alive`] may change
-    /// without a heartbeat; `None` = only a heartbeat or a membership change can.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    /// The next instant after `now` at which [`Detector::tick`] or [`Detector::alive`] may
+    /// change without a heartbeat; `None` = only a heartbeat or a membership change can.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let timeout = self.config.timeout;
         let direct = self
             .peers
@@ -617,15 +653,47 @@ impl Detector {
             .filter(|p| p.last.is_some())
             .flat_map(|p| p.relays.values())
             .filter_map(|r| r.at.checked_add(timeout));
-        let settle = self.settling_until.filter(|_| self.serving);
+        let settle = self
+            .settling_until
+            .filter(|_| self.serving)
+            .into_iter()
+            .flat_map(|t| [Some(t), t.checked_add(self.config.grace)])
+            .flatten();
+        let establish = self.serving_since.into_iter().flat_map(|s| {
+            [
+                s.checked_add(self.config.hold_down),
+                s.checked_add(self.config.grace),
+            ]
+            .into_iter()
+            .flatten()
+        });
         let idle = self
             .peers
             .values()
             .filter(|p| p.last.is_some())
             .filter_map(|p| p.idle_since)
             .filter_map(|t| t.checked_add(timeout));
-        direct.chain(relayed).chain(settle).chain(idle).min()
+        direct
+            .chain(relayed)
+            .chain(settle)
+            .chain(establish)
+            .chain(idle)
+            .filter(|t| *t > now)
+            .min()
     }
+}
+
+/// What our next heartbeat says of us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// SERVING.
+    pub serving: bool,
+    /// SETTLED.
+    pub settled: bool,
+    /// ESTABLISHED.
+    pub established: bool,
+    /// Whom we hear.
+    pub heard: Vec<Heard>,
 }
 
 /// The freshest news of a member.

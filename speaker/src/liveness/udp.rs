@@ -268,6 +268,8 @@ impl Liveness {
             Config {
                 timeout: cfg.timeout,
                 hold_down: cfg.hold_down,
+                // Three heartbeats: peers have heard our new state before we act on it.
+                grace: cfg.interval * 3,
             },
         );
         let now = Instant::now().into_std();
@@ -434,7 +436,8 @@ impl Task {
         // then refused as too long.
         let mut buf = vec![0u8; codec::MAX_LEN + 1];
         loop {
-            let deadline = self.detector.next_deadline().map(Instant::from_std);
+            let now = Instant::now().into_std();
+            let deadline = self.detector.next_deadline(now).map(Instant::from_std);
             let mut dirty = false;
             tokio::select! {
                 _ = ticker.tick(), if !self.left => self.send_heartbeat(false),
@@ -465,6 +468,10 @@ impl Task {
                 },
                 changed = ready.changed(), if ready_open => match changed {
                     Ok(()) => {
+                        // Members first: ready with an empty member list would look alone.
+                        if peers.has_changed().unwrap_or(false) {
+                            self.set_peers(&peers.borrow_and_update().clone());
+                        }
                         self.detector.set_ready(*ready.borrow_and_update());
                         dirty = true;
                     }
@@ -532,7 +539,7 @@ impl Task {
     fn send_heartbeat(&mut self, leaving: bool) {
         self.seq += 1;
         let now = Instant::now().into_std();
-        let (serving, settled, heard) = self.detector.outgoing(now);
+        let out = self.detector.outgoing(now);
         let hb = Heartbeat::new(
             self.node.clone(),
             self.incarnation,
@@ -541,10 +548,11 @@ impl Task {
         )
         .map(|hb| {
             hb.with_leaving(leaving)
-                .with_state(serving && !leaving, settled)
+                .with_state(out.serving && !leaving, out.settled)
+                .with_established(out.established && !leaving)
         });
         let hb = hb.and_then(|hb| {
-            let window = heard_window(heard, hb.heard_capacity(), self.seq);
+            let window = heard_window(out.heard, hb.heard_capacity(), self.seq);
             hb.with_heard(window)
         });
         let hb = match hb {
@@ -637,7 +645,14 @@ impl Task {
     }
 
     /// Applies the time: peers gone silent, our own serving state; publishes the view.
+    /// Datagrams already waiting in the socket are read first: if this process was
+    /// stalled (CPU starvation, a VM pause), its peers were not silent, it was deaf, and
+    /// what they sent meanwhile is queued here.
     fn tick(&mut self, dirty: bool) {
+        let mut buf = [0u8; codec::MAX_LEN + 1];
+        while let Ok((len, from)) = self.socket.try_recv_from(&mut buf) {
+            self.on_datagram(&buf[..len], from);
+        }
         let now = Instant::now().into_std();
         let t = self.detector.tick(now);
         for peer in &t.silent {
@@ -966,7 +981,12 @@ mod tests {
         .await
         .unwrap();
         println!("interface change propagated in {took:?}");
-        assert_eq!(a.view.borrow()["a"].interfaces, set(&["bond0", "eth7"]));
+        let mut va = a.view.clone();
+        wait_for(&mut va, |v| {
+            v.get("a").map(|l| &l.interfaces) == Some(&set(&["bond0", "eth7"]))
+        })
+        .await
+        .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

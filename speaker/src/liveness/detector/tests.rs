@@ -29,8 +29,13 @@ fn inc(node: &str) -> u64 {
     u64::from(node_id(node)) + 1
 }
 
+/// A ready detector that acts on its own state at once (no grace), to test the rules.
 fn detector(me: &str, peers: &[&str], t0: Instant) -> Detector {
-    let mut d = Detector::new(me, set(&["eth0"]), Config::default());
+    let config = Config {
+        grace: Duration::ZERO,
+        ..Config::default()
+    };
+    let mut d = Detector::new(me, set(&["eth0"]), config);
     d.set_members(members(peers), t0);
     d.set_ready(true);
     d
@@ -38,15 +43,17 @@ fn detector(me: &str, peers: &[&str], t0: Instant) -> Detector {
 
 /// The heartbeat `d` would send now, as sequence `seq`.
 fn beat(d: &Detector, me: &str, seq: u64, now: Instant) -> Heartbeat {
-    let (serving, settled, heard) = d.outgoing(now);
+    let out = d.outgoing(now);
     Heartbeat::new(me, inc(me), seq, set(&["eth0"]))
         .unwrap()
-        .with_state(serving, settled)
-        .with_heard(heard)
+        .with_state(out.serving, out.settled)
+        .with_established(out.established)
+        .with_heard(out.heard)
         .unwrap()
 }
 
-/// A plain serving heartbeat from `node` hearing `hears` (just now, all serving and settled).
+/// A heartbeat from `node` hearing `hears` (just now, all serving and settled); a serving
+/// sender is settled and established (it has served for long).
 fn hb(node: &str, seq: u64, serving: bool, hears: &[&str]) -> Heartbeat {
     let mut heard: Vec<Heard> = hears
         .iter()
@@ -61,6 +68,7 @@ fn hb(node: &str, seq: u64, serving: bool, hears: &[&str]) -> Heartbeat {
     Heartbeat::new(node, inc(node), seq, set(&["eth0"]))
         .unwrap()
         .with_state(serving, serving)
+        .with_established(serving)
         .with_heard(heard)
         .unwrap()
 }
@@ -78,7 +86,9 @@ fn a_lone_speaker_serves_once_ready() {
     assert!(d.alive(t0).is_empty(), "not ready: not even ourselves");
     d.set_ready(true);
     assert_eq!(d.tick(t0).serving, Some(true));
-    assert_eq!(names(&d.alive(t0)), ["self"]);
+    assert!(d.alive(t0).is_empty(), "our heartbeats say so first");
+    assert_eq!(d.next_deadline(t0), Some(t0 + ms(300)));
+    assert_eq!(names(&d.alive(t0 + ms(300))), ["self"]);
     assert!(d.settled(t0), "nobody to defer to: settled at once");
 }
 
@@ -92,9 +102,9 @@ fn hearing_nobody_means_cut_off() {
         d.alive(t0).is_empty(),
         "a cut-off speaker counts nobody, itself included"
     );
-    let (serving, _, heard) = d.outgoing(t0);
+    let out = d.outgoing(t0);
     assert!(
-        !serving && heard.is_empty(),
+        !out.serving && out.heard.is_empty(),
         "and says so in its heartbeats"
     );
 }
@@ -235,7 +245,12 @@ fn a_crash_is_seen_one_timeout_after_the_last_news() {
     // c's news of a (heard at t0+50) is fresher than ours: a lives until t0+400.
     assert!(d.alive(t0 + ms(399)).contains_key("a"));
     assert!(!d.alive(t0 + ms(400)).contains_key("a"));
-    assert_eq!(d.next_deadline(), Some(t0 + ms(350)));
+    assert_eq!(d.next_deadline(t0 + ms(50)), Some(t0 + ms(350)));
+    assert_eq!(
+        d.next_deadline(t0 + ms(350)),
+        Some(t0 + ms(400)),
+        "c's news of a"
+    );
     let tick = d.tick(t0 + ms(350));
     assert_eq!(tick.silent, vec!["a".to_string()]);
 }
@@ -348,6 +363,7 @@ fn deleted_leases_do_not_make_anyone_alone() {
 fn a_speaker_that_comes_back_settles_for_the_hold_down() {
     let t0 = Instant::now();
     let mut d = detector("self", &["a"], t0);
+    d.config.grace = ms(350);
     // A cold start: a's first heartbeat says it does not serve yet, but it hears us.
     d.observe(&hb("a", 1, false, &["self"]), t0);
     let t = d.tick(t0);
@@ -362,13 +378,27 @@ fn a_speaker_that_comes_back_settles_for_the_hold_down() {
     d.observe(&hb("a", 2, true, &["self"]), t1);
     let t = d.tick(t1);
     assert_eq!((t.serving, t.rejoined), (Some(true), true));
-    assert!(!d.settled(t1), "a is settled: we defer for the hold-down");
-    assert!(d.alive(t1)["self"].settling);
-    let (_, settled, _) = d.outgoing(t1);
-    assert!(!settled, "and say so, so every peer ranks us last alike");
+    assert!(
+        !d.settled(t1),
+        "a is established: we defer for the hold-down"
+    );
+    assert!(
+        !d.alive(t1).contains_key("self"),
+        "not before a heard that we serve"
+    );
+    assert!(d.alive(t1 + ms(350))["self"].settling);
+    assert!(
+        !d.outgoing(t1).settled,
+        "and say so, so every peer ranks us last alike"
+    );
     let hold = d.config().hold_down;
-    assert_eq!(d.next_deadline().map(|x| x <= t1 + hold), Some(true));
-    assert!(d.settled(t1 + hold));
+    assert_eq!(d.next_deadline(t1).map(|x| x <= t1 + hold), Some(true));
+    assert!(d.settled(t1 + hold), "our heartbeats say SETTLED from here");
+    assert!(
+        d.alive(t1 + hold)["self"].settling,
+        "and we act on it once peers have heard"
+    );
+    assert!(!d.alive(t1 + hold + ms(350))["self"].settling);
 }
 
 #[test]
