@@ -103,6 +103,17 @@ impl Default for LabConfig {
     }
 }
 
+/// How one node's speaker deviates from the lab's command line (see
+/// [`Lab::set_speaker_override`]); kept across restarts of that speaker.
+#[derive(Clone, Debug, Default)]
+pub struct SpeakerOverride {
+    /// A heartbeat key of its own instead of the lab's shared one (written to a key file of
+    /// its own), e.g. to play a node that missed a key rotation.
+    pub key: Option<String>,
+    /// Flags appended after the lab's and [`LabConfig::speaker_args`].
+    pub extra_args: Vec<String>,
+}
+
 /// One host on the lab LAN.
 #[derive(Clone, Debug)]
 pub struct Host {
@@ -169,6 +180,7 @@ pub struct Lab {
     controller: Option<Proc>,
     speakers: BTreeMap<String, Proc>,
     speaker_bin: Option<PathBuf>,
+    overrides: BTreeMap<String, (SpeakerOverride, Option<PathBuf>)>,
     runtimes: BTreeMap<String, NsRuntime>,
     kube: Option<kube::Client>,
     vips: Mutex<BTreeSet<IpAddr>>,
@@ -216,6 +228,7 @@ impl Lab {
             controller: None,
             speakers: BTreeMap::new(),
             speaker_bin: None,
+            overrides: BTreeMap::new(),
             runtimes: BTreeMap::new(),
             kube: None,
             vips: Mutex::new(BTreeSet::new()),
@@ -538,7 +551,8 @@ impl Lab {
         })
     }
 
-    /// Creates the CRDs from `deploy/crds/*.yaml` (existing ones are kept) and waits until
+    /// Creates the CRDs from `deploy/crds/*.yaml` but its `kustomization.yaml` (existing ones
+    /// are kept) and waits until
     /// both kinds are served.
     fn apply_crds(&self) -> Result<()> {
         let dir = crds_dir();
@@ -547,6 +561,8 @@ impl Lab {
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            // deploy/crds is also a kustomization (`kubectl apply -k deploy/crds`).
+            .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
             .collect();
         files.sort();
         let mut crds = Vec::new();
@@ -589,6 +605,10 @@ impl Lab {
 
     fn speaker_spec(&self, node: &str) -> Spec {
         let host = self.host(node);
+        let (extra, key_file) = match self.overrides.get(node) {
+            Some((o, key)) => (o.extra_args.clone(), key.as_ref().unwrap_or(&self.key_file)),
+            None => (Vec::new(), &self.key_file),
+        };
         let mut args: Vec<String> = vec![
             "--node-name".into(),
             host.name.clone(),
@@ -597,13 +617,14 @@ impl Lab {
             "--advertise-addr".into(),
             host.ipv4.to_string(),
             "--liveness-key-file".into(),
-            self.key_file.display().to_string(),
+            key_file.display().to_string(),
             "--metrics-addr".into(),
             SPEAKER_METRICS.into(),
             "--lease-namespace".into(),
             LEASE_NAMESPACE.into(),
         ];
         args.extend(self.cfg.speaker_args.iter().cloned());
+        args.extend(extra);
         Spec {
             name: format!("speaker-{node}"),
             ns: host.ns.clone(),
@@ -799,6 +820,71 @@ impl Lab {
         self.wait_speaker_ready(node, Duration::from_secs(30))
     }
 
+    /// Makes `node`'s speaker start with `o` from its next (re)start on; the default
+    /// override restores the lab's command line. A key of its own goes to
+    /// `<dir>/liveness-<node>.key`.
+    pub fn set_speaker_override(&mut self, node: &str, o: SpeakerOverride) -> Result<()> {
+        self.host(node);
+        let key_file = match &o.key {
+            Some(key) => {
+                let path = self.dir.join(format!("liveness-{node}.key"));
+                std::fs::write(&path, format!("{key}\n"))
+                    .with_context(|| format!("write {}", path.display()))?;
+                Some(path)
+            }
+            None => None,
+        };
+        self.overrides.insert(node.to_string(), (o, key_file));
+        Ok(())
+    }
+
+    /// (Re)starts `node`'s speaker like [`Lab::restart_speaker`], but waits only until it is
+    /// alive (`/healthz`), not ready: for a speaker that is expected to stay unready, e.g.
+    /// one cut off from its peers.
+    pub fn restart_speaker_unready(&mut self, node: &str) -> Result<()> {
+        if self.speaker_bin.is_none() {
+            bail!("this lab runs no speakers");
+        }
+        if let Some(mut old) = self.speakers.remove(node) {
+            old.stop(Signal::SIGTERM, Duration::from_secs(10));
+            self.dead.push(old);
+        }
+        let mut p = Proc::start(self.speaker_spec(node))?;
+        let addr: SocketAddr = SPEAKER_METRICS.parse().expect("metrics address");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let r = loop {
+            if let Ok((200, _)) = self.http_get(node, addr, "/healthz", Duration::from_secs(1)) {
+                break Ok(());
+            }
+            if let Some(st) = p.exited() {
+                break Err(anyhow!(
+                    "{} exited ({st}) before it served /healthz:\n{}",
+                    p.name(),
+                    p.log_tail(40)
+                ));
+            }
+            if Instant::now() > deadline {
+                break Err(anyhow!(
+                    "{} does not serve {addr}/healthz after 30 s:\n{}",
+                    p.name(),
+                    p.log_tail(40)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.speakers.insert(node.to_string(), p);
+        r
+    }
+
+    /// Whether `node`'s speaker answers `/readyz` with 200 now.
+    pub fn speaker_ready(&self, node: &str) -> bool {
+        let addr: SocketAddr = SPEAKER_METRICS.parse().expect("metrics address");
+        matches!(
+            self.http_get(node, addr, "/readyz", Duration::from_secs(1)),
+            Ok((200, _))
+        )
+    }
+
     /// Stops the speakers on `nodes` (`sig`, then SIGKILL after 10 s).
     pub fn stop_speakers(&mut self, nodes: &[&str], sig: Signal) {
         for n in nodes {
@@ -946,6 +1032,13 @@ impl Lab {
             .chain(self.speakers.values())
             .filter_map(|p| Some((p.name().to_string(), p.cpu_time()?)))
             .collect()
+    }
+
+    /// Runs `iptables <args>` and then `ip6tables <args>` inside a role's namespace (its own
+    /// netfilter tables: nothing outside the lab is touched; they go with the namespace).
+    /// Needs Debian's `iptables` package; a missing binary is named in the error.
+    pub fn firewall(&self, role: &str, args: &[&str]) -> Result<()> {
+        firewall_in(&self.ns(role), args)
     }
 
     /// Runs `cmd` inside a role's namespace (`ip netns exec`), returning stdout.
@@ -1169,6 +1262,34 @@ impl Lab {
     /// Starts an observer on the bridge (promiscuous): every frame crossing the LAN.
     pub fn observe_lan(&self) -> Result<Observer> {
         Observer::start(&self.ns("switch"), &self.run.ifname("br"), true)
+    }
+
+    /// Which nodes answer each of `ips` now, asked from `client` all at once (see
+    /// [`observe::sweep`]): per IP (in order), the answering nodes' names, sorted; a MAC
+    /// that is no node's is given as the MAC.
+    pub fn answerers(
+        &self,
+        client: &str,
+        ips: &[IpAddr],
+        window: Duration,
+    ) -> Result<Vec<Vec<String>>> {
+        let h = self.host(client);
+        let macs = observe::sweep(&h.ns, "eth0", h.prober(), ips, window)?;
+        Ok(macs
+            .into_iter()
+            .map(|m| {
+                let mut names: Vec<String> = m
+                    .into_iter()
+                    .map(|mac| {
+                        self.node_by_mac(mac)
+                            .map(str::to_string)
+                            .unwrap_or_else(|| mac.to_string())
+                    })
+                    .collect();
+                names.sort();
+                names
+            })
+            .collect())
     }
 
     /// Sends ARP requests / Neighbor Solicitations from `client` (see [`observe::probe`]).
@@ -1683,6 +1804,19 @@ impl Drop for Lab {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Runs `iptables <args>` and then `ip6tables <args>` inside namespace `ns` (see
+/// [`Lab::firewall`]); usable from any thread, since it only runs commands.
+pub fn firewall_in(ns: &str, args: &[&str]) -> Result<()> {
+    for tool in ["iptables", "ip6tables"] {
+        let mut cmd = vec![tool];
+        cmd.extend_from_slice(args);
+        netns::exec_in(ns, &cmd).with_context(|| {
+            format!("{tool} in {ns} (the lab's firewall faults need Debian's `iptables` package)")
+        })?;
+    }
+    Ok(())
 }
 
 fn dyn_api(c: kube::Client, ar: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {

@@ -31,6 +31,6 @@ pub mod packet;
 pub mod proc;
 pub mod stats;
 
-pub use lab::{Failover, Host, Lab, LabConfig, Signal};
+pub use lab::{Failover, Host, Lab, LabConfig, Signal, SpeakerOverride};
 pub use objects::{Family, Svc};
 pub use observe::{Observer, ProbeConfig};

@@ -302,3 +302,52 @@ pub fn probe(
         Ok(results)
     })?
 }
+
+/// Asks for every target at once and returns, per target (in order), the distinct MACs that
+/// answered `who` within `window` of the last request: one ARP request (IPv4) or NS (IPv6)
+/// per target, sent back to back, then one shared listening window. Counting answerers
+/// this way takes `window` whatever the number of targets. Bounded: `targets.len()`
+/// requests, then `window`.
+pub fn sweep(
+    ns: &str,
+    iface: &str,
+    who: Prober,
+    targets: &[IpAddr],
+    window: Duration,
+) -> Result<Vec<Vec<MacAddr>>> {
+    let targets = targets.to_vec();
+    let iface = iface.to_string();
+    netns::in_ns(ns, move || -> Result<Vec<Vec<MacAddr>>> {
+        let (mut tx, mut rx) = open(&iface, Duration::from_millis(1), false)?;
+        for &target in &targets {
+            let frame = match target {
+                IpAddr::V4(t) => packet::arp_request(who.mac, who.ipv4, t),
+                IpAddr::V6(t) => packet::neighbor_solicitation(who.mac, who.ipv6, t),
+            };
+            match tx.send_to(&frame, None) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => bail!("send probe: {e}"),
+                None => bail!("send probe: no buffer"),
+            }
+        }
+        let deadline = Instant::now() + window;
+        let mut macs: Vec<Vec<MacAddr>> = vec![Vec::new(); targets.len()];
+        while Instant::now() < deadline {
+            let Ok(frame) = rx.next() else { continue };
+            let Some(seen) = packet::parse(frame, Instant::now()) else {
+                continue;
+            };
+            if !matches!(seen.kind, Kind::ArpReply | Kind::NeighborAdvertisement)
+                || seen.eth_dst != who.mac
+            {
+                continue;
+            }
+            for (i, &target) in targets.iter().enumerate() {
+                if seen.answers_for(target) && !macs[i].contains(&seen.sender_mac) {
+                    macs[i].push(seen.sender_mac);
+                }
+            }
+        }
+        Ok(macs)
+    })?
+}
