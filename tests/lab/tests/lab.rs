@@ -588,7 +588,8 @@ fn restarted_speaker_announces_only_what_it_wins() {
     for node in ["node1", "node2", "node3"] {
         let t = Instant::now();
         lab.restart_speaker(node).expect("restart speaker");
-        std::thread::sleep(Duration::from_secs(2));
+        // It comes back settling: it takes its IPs back after the hold-down (3 s).
+        std::thread::sleep(Duration::from_millis(5500));
         let after: Vec<String> = ips.iter().map(|ip| answerer(&lab, *ip)).collect();
         for ((ip, old), new) in ips.iter().zip(&before).zip(&after) {
             assert!(
