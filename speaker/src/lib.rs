@@ -551,11 +551,15 @@ async fn status_writer(
         },
     );
     let mut written: HashMap<String, (Option<String>, status::Content)> = HashMap::new();
+    let mut fights = status::Fights::default();
     while rx.changed().await.is_ok() {
         let batch = rx.borrow_and_update().clone();
         for (rv, w) in batch {
             let stamp = (rv, w.content());
             if written.get(&w.key) == Some(&stamp) {
+                continue;
+            }
+            if !fights.allow(&w, std::time::Instant::now()) {
                 continue;
             }
             let ns = w.key.split_once('/').map_or("", |(ns, _)| ns);
@@ -568,6 +572,7 @@ async fn status_writer(
                     metrics.api_error(ferrolb_ops::retry::metric_label(&e));
                     tracing::warn!(error = %e, service = %w.key, "cannot write the Announced condition");
                     written.remove(&w.key);
+                    fights.forget(&w.key);
                 }
             }
             if rx.has_changed().unwrap_or(false) {

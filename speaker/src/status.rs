@@ -160,6 +160,65 @@ pub fn writes<'a>(
     out
 }
 
+/// Per-Service memory of writes another speaker undid. Two speakers whose views differ for a
+/// moment would otherwise rewrite each other's condition in a loop (each write moves the
+/// resourceVersion, so de-duplication never stops them). Writing again content we already
+/// wrote means someone replaced it: the next attempt waits 1 s, then 2 s, 4 s … up to
+/// 5 min; a change of our own decision starts over at once.
+#[derive(Debug, Default)]
+pub struct Fights {
+    by_key: std::collections::HashMap<String, Fight>,
+}
+
+#[derive(Debug)]
+struct Fight {
+    ours: Content,
+    times: u32,
+    until: std::time::Instant,
+}
+
+/// Longest pause between two rewrites of a condition someone else keeps changing.
+pub const MAX_FIGHT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl Fights {
+    /// Whether to write `w` at `now` (and notes the attempt).
+    pub fn allow(&mut self, w: &Write, now: std::time::Instant) -> bool {
+        let ours = w.content();
+        match self.by_key.get_mut(&w.key) {
+            Some(f) if f.ours == ours => {
+                if now < f.until {
+                    return false;
+                }
+                f.times += 1;
+                let pause =
+                    std::time::Duration::from_secs(1u64 << f.times.min(9).saturating_sub(1));
+                f.until = now + pause.min(MAX_FIGHT_BACKOFF);
+                if f.times > 1 {
+                    tracing::warn!(service = %w.key, times = f.times, ?pause,
+                        "another speaker keeps replacing this Service's Announced condition; backing off");
+                }
+                true
+            }
+            _ => {
+                self.by_key.insert(
+                    w.key.clone(),
+                    Fight {
+                        ours,
+                        times: 0,
+                        until: now,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Forgets `key` (the write failed, or the Service is gone).
+    pub fn forget(&mut self, key: &str) {
+        self.by_key.remove(key);
+    }
+}
+
 /// The node named in an `Announced` message (`node X announces …`).
 fn holder(message: &str) -> Option<&str> {
     message.strip_prefix("node ")?.split(' ').next()
@@ -212,6 +271,53 @@ pub async fn apply(api: &Api<Service>, recorder: &Recorder, w: &Write) -> Result
 mod tests {
     use super::*;
     use std::collections::{BTreeMap as Map, BTreeSet};
+
+    #[test]
+    fn a_condition_another_speaker_keeps_replacing_is_rewritten_less_and_less_often() {
+        let w = |msg: &str| Write {
+            key: "ns/web".into(),
+            condition: Some(Condition {
+                type_: ANNOUNCED.into(),
+                status: "True".into(),
+                reason: "Announced".into(),
+                message: msg.into(),
+                observed_generation: None,
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            }),
+            takeover: None,
+        };
+        let t0 = std::time::Instant::now();
+        let s = std::time::Duration::from_secs;
+        let mut f = Fights::default();
+        assert!(f.allow(&w("node a"), t0), "first write");
+        // Replaced by another speaker: we want to write the same again.
+        assert!(f.allow(&w("node a"), t0), "first rewrite at once");
+        assert!(!f.allow(&w("node a"), t0 + s(0)), "then 1 s apart");
+        assert!(f.allow(&w("node a"), t0 + s(1)));
+        assert!(!f.allow(&w("node a"), t0 + s(2)), "then 2 s");
+        assert!(f.allow(&w("node a"), t0 + s(3)));
+        assert!(!f.allow(&w("node a"), t0 + s(6)), "then 4 s");
+        assert!(f.allow(&w("node a"), t0 + s(7)));
+        // Our decision changed: written at once, the count starts over.
+        assert!(f.allow(&w("node b"), t0 + s(7)));
+        assert!(f.allow(&w("node b"), t0 + s(7)));
+        // Bounded: after many fights, at most every 5 minutes.
+        let mut t = t0 + s(10);
+        let mut last = t;
+        for _ in 0..40 {
+            while !f.allow(&w("node b"), t) {
+                t += s(1);
+            }
+            assert!(t - last <= MAX_FIGHT_BACKOFF + s(1));
+            last = t;
+        }
+        assert!(
+            t - t0 > s(3600),
+            "40 rewrites took over an hour, not 40 loops"
+        );
+        f.forget("ns/web");
+        assert!(f.allow(&w("node b"), t));
+    }
 
     use crate::core::{self, World};
     use ferrolb_crds::addresses::PoolAddresses;
