@@ -522,9 +522,11 @@ pub async fn run(
 
     tracing::info!("stopping: handing announcements over");
     health.set_ready(false);
-    live.leave().await;
+    // Stop answering first, then tell the peers: they take over a moment after we went
+    // quiet, never while we still answer (a gap of one poll interval, never two answers).
     let p = plane.clone();
     tokio::task::spawn_blocking(move || p.shutdown()).await?;
+    live.leave().await;
     Ok(())
 }
 
