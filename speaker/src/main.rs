@@ -82,10 +82,21 @@ async fn main() -> anyhow::Result<()> {
         false => None,
     };
     let advertise = SocketAddr::new(args.advertise_addr, args.heartbeat_port);
-    let bind = match args.advertise_addr {
-        IpAddr::V4(_) => SocketAddr::new([0, 0, 0, 0].into(), args.heartbeat_port),
-        IpAddr::V6(_) => {
-            SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), args.heartbeat_port)
+    // Bound to the advertised address, so heartbeats leave from the address peers know
+    // (they drop datagrams from any other before hashing). An address not on this host
+    // (NAT) falls back to the wildcard, where the kernel picks the source by route.
+    let bind = match std::net::UdpSocket::bind(advertise) {
+        Ok(_) => advertise,
+        Err(e) => {
+            let any = match args.advertise_addr {
+                IpAddr::V4(_) => SocketAddr::new([0, 0, 0, 0].into(), args.heartbeat_port),
+                IpAddr::V6(_) => {
+                    SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), args.heartbeat_port)
+                }
+            };
+            tracing::warn!(%advertise, error = %e, %any,
+                "cannot bind the heartbeat socket to the advertised address; peers accept our heartbeats only if they leave from it");
+            any
         }
     };
     let mut schedule = AnnounceSchedule::default();

@@ -241,6 +241,7 @@ impl Collector for PlaneCollector {
                 ("malformed", c.rejected_malformed),
                 ("version", c.rejected_version),
                 ("unknown_node", c.rejected_unknown_node),
+                ("unknown_source", c.rejected_unknown_source),
             ]
             .into_iter()
             .map(|(r, v)| (vec![("reason".to_string(), r.to_string())], v))

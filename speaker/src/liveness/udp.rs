@@ -40,6 +40,8 @@ use super::detector::{AliveView, Config, Detector, Member, NotServing, Observed}
 pub const LEAVE_REPEATS: u32 = 3;
 /// Pause between the LEAVING repeats.
 pub const LEAVE_SPACING: Duration = Duration::from_millis(10);
+/// Receive buffer requested for the heartbeat socket (best effort).
+const RECV_BUFFER: usize = 1 << 20;
 /// DSCP CS6 (network control) in the TOS / traffic-class byte: heartbeats go first in queues.
 const TOS_CS6: u32 = 0xc0;
 
@@ -152,6 +154,7 @@ struct Counters {
     rejected_malformed: AtomicU64,
     rejected_version: AtomicU64,
     rejected_unknown_node: AtomicU64,
+    rejected_unknown_source: AtomicU64,
     peer_deaths: AtomicU64,
     isolations: AtomicU64,
 }
@@ -183,6 +186,9 @@ pub struct CountersSnapshot {
     pub rejected_version: u64,
     /// Rejected: from a node that is not a member, or carrying our own name.
     pub rejected_unknown_node: u64,
+    /// Dropped before any hashing: the source address is no member's heartbeat address
+    /// (LAN noise or a flood; costs one lookup, not an HMAC).
+    pub rejected_unknown_source: u64,
     /// Peers declared dead (timeout or LEAVING).
     pub peer_deaths: u64,
     /// Times this speaker stopped serving because it was cut off from its peers.
@@ -203,6 +209,7 @@ impl Counters {
             rejected_malformed: g(&self.rejected_malformed),
             rejected_version: g(&self.rejected_version),
             rejected_unknown_node: g(&self.rejected_unknown_node),
+            rejected_unknown_source: g(&self.rejected_unknown_source),
             peer_deaths: g(&self.peer_deaths),
             isolations: g(&self.isolations),
         }
@@ -290,6 +297,7 @@ impl Liveness {
             interval: cfg.interval,
             detector,
             targets: BTreeMap::new(),
+            sources: Default::default(),
             interfaces: BTreeSet::new(),
             left: false,
             counters: counters.clone(),
@@ -360,6 +368,9 @@ fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
         let _ = socket.set_tos_v4(TOS_CS6);
     }
     socket.set_nonblocking(true)?;
+    // Room for bursts (a flood from the LAN, a late wake-up) before the kernel drops
+    // heartbeats; the kernel caps it at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(RECV_BUFFER);
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
 }
@@ -387,6 +398,8 @@ struct Task {
     detector: Detector,
     /// Peer node → heartbeat address (ourselves excluded).
     targets: BTreeMap<String, SocketAddr>,
+    /// The IP addresses of `targets` (IPv4-mapped ones as IPv4): the accepted sources.
+    sources: std::collections::HashSet<IpAddr>,
     /// Our usable interfaces, as sent (invalid names dropped).
     interfaces: BTreeSet<String>,
     left: bool,
@@ -394,6 +407,15 @@ struct Task {
     view_tx: watch::Sender<AliveView>,
     serving_tx: watch::Sender<Option<NotServing>>,
     rejoin_tx: watch::Sender<u64>,
+}
+
+/// `ip`, with an IPv4-mapped IPv6 address (what a dual-stack socket reports for IPv4
+/// peers) as plain IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 /// The part of `heard` that fits one heartbeat: all of it when it fits, else a window of
@@ -515,6 +537,7 @@ impl Task {
                 self.targets.insert(node.clone(), *addr);
             }
         }
+        self.sources = self.targets.values().map(|a| canonical(a.ip())).collect();
         debug!(peers = self.targets.len(), "heartbeat peers updated");
     }
 
@@ -600,6 +623,13 @@ impl Task {
     fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) -> bool {
         let c = &self.counters;
         inc(&c.received);
+        // Only members' addresses are worth an HMAC: anything else on the port is dropped
+        // with one lookup (a LAN host flooding 7473 costs no hashing).
+        if !self.sources.contains(&canonical(from.ip())) {
+            inc(&c.rejected_unknown_source);
+            trace!(%from, "datagram from an address no member uses");
+            return false;
+        }
         let hb = match codec::decode_any(bytes, &self.keys) {
             Ok(hb) => hb,
             Err(error) => {
@@ -996,14 +1026,40 @@ mod tests {
         b.peers
             .send_replace(BTreeMap::from([("a".to_string(), a.peer())]));
         let deadline = StdInstant::now() + LIMIT;
-        while a.handle.counters().rejected_unknown_node < 3 && StdInstant::now() < deadline {
+        while a.handle.counters().rejected_unknown_source < 3 && StdInstant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(a.handle.counters().rejected_unknown_node >= 3);
+        let c = a.handle.counters();
+        assert!(c.rejected_unknown_source >= 3, "{c:?}");
+        assert_eq!(c.rejected_bad_tag + c.accepted, 0, "no HMAC spent: {c:?}");
         assert!(!a.view.borrow().contains_key("b"));
         connect(&[&a, &b]);
         let mut va = a.view.clone();
         wait_for(&mut va, has(&["a", "b"])).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_from_a_non_member_address_costs_no_hmac() {
+        let (a, b) = (start("a"), start("b"));
+        connect(&[&a, &b]);
+        let mut va = a.view.clone();
+        wait_for(&mut va, has(&["a", "b"])).await.unwrap();
+        // Another loopback address: no member's heartbeat address.
+        let Ok(rogue) = std::net::UdpSocket::bind("127.0.0.2:0") else {
+            println!("127.0.0.2 unavailable here; skipping");
+            return;
+        };
+        let junk = [0xa5u8; 200];
+        for _ in 0..500 {
+            let _ = rogue.send_to(&junk, a.handle.local_addr());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = a.handle.counters();
+        // What the socket buffer kept of the burst was dropped unhashed, every datagram.
+        assert!(c.rejected_unknown_source >= 100, "{c:?}");
+        assert_eq!(c.received, c.accepted + c.rejected_unknown_source, "{c:?}");
+        assert_eq!(c.rejected_bad_tag + c.rejected_malformed, 0, "{c:?}");
+        assert!(a.view.borrow().contains_key("b"), "b stays alive");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
