@@ -1,5 +1,5 @@
 //! Allocator benchmark: the cost of one allocation and one release must not grow with the
-//! pool size or with the number of assigned addresses (free-interval index, SPEC §3).
+//! pool size or with the number of assigned addresses (free-interval index, docs/design/allocation.md#choosing-an-ip).
 //!
 //! ```text
 //!   fill pool with N Services ──▶ time B× assign(new) ──▶ time B× release ──▶ repeat

@@ -4,7 +4,7 @@
 //! without it the test prints a notice and passes. Nothing of FerroLB runs: the test writes
 //! the statuses the controller and the speakers would write, then runs the binary.
 //!
-//! Addresses: 203.0.113.224/27 and 2001:db8:fe11::/120 only (LAB.md); every object it
+//! Addresses: 203.0.113.224/27 and 2001:db8:fe11::/120 only (docs/design/lab-addresses.md); every object it
 //! creates carries a per-run prefix and is deleted at the end, also on failure.
 
 use std::collections::BTreeMap;

@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Needs root, iproute2 and ping (iputils-ping); without them the tests fail saying so.
-//! Only the documentation ranges of LAB.md are used; the root namespace is never touched.
+//! Only the documentation ranges of docs/design/lab-addresses.md are used; the root namespace is never touched.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};

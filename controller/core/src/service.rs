@@ -1,5 +1,5 @@
 //! From a `v1.Service` to the allocator's [`ServiceRequest`]: which Services are ours,
-//! and what they ask for (SPEC §3). Pure: no client, no clock.
+//! and what they ask for (docs/design/allocation.md#requests). Pure: no client, no clock.
 //!
 //! ```text
 //!   Service ──handled?──▶ annotations (+ metallb aliases) ──▶ ServiceRequest
@@ -260,7 +260,7 @@ pub fn parse(svc: &Service, namespace_labels: &BTreeMap<String, String>) -> Resu
     }
     let requested_pool = match annotation(annos, annotations::ADDRESS_POOL, &mut aliases) {
         Some(p) if requested_ips.is_empty() => Some(p.to_owned()),
-        // Requested IPs win (SPEC §3: first match wins); the pool name is then unused.
+        // Requested IPs win (docs/design/allocation.md#requests: first match wins); the pool name is then unused.
         _ => None,
     };
     let sharing_key =
@@ -504,7 +504,7 @@ mod tests {
     }
 
     /// MetalLB treats an empty annotation as absent, and Helm renders them all the time: a
-    /// Service carrying one is an ordinary request (SPEC §6), and a blank FerroLB key does
+    /// Service carrying one is an ordinary request (docs/design/allocation.md#empty-annotations), and a blank FerroLB key does
     /// not hide a MetalLB alias that is set.
     #[test]
     fn empty_annotations_are_absent() {

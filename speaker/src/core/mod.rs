@@ -13,7 +13,7 @@
 //!
 //! No I/O, no clock, no Kubernetes types: every speaker runs the same function on the same
 //! World and gets the same Table (Cilium's l2announcer desired-state table, elected with a
-//! MetalLB-style `sortL2Candidates` ranking). Rules: SPEC §4 "Eligible nodes" and "Election".
+//! MetalLB-style `sortL2Candidates` ranking). Rules: docs/design/election.md#eligible-nodes and #election.
 
 mod election;
 mod model;

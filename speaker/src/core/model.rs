@@ -36,14 +36,14 @@ pub struct Node {
 pub struct Speaker {
     /// The node the speaker runs on.
     pub node: String,
-    /// Interfaces that are up, broadcast-capable and not excluded (SPEC §4 "Interfaces").
+    /// Interfaces that are up, broadcast-capable and not excluded (docs/design/election.md#interfaces).
     pub interfaces: BTreeSet<String>,
     /// Came back less than a hold-down ago: wins an IP only when no settled node is
     /// eligible for it, so a flapping node takes nothing back (docs/failover.md).
     pub settling: bool,
 }
 
-/// Which pools an advertisement covers (SPEC §2: nothing given = every pool).
+/// Which pools an advertisement covers (docs/design/allocation.md#pools-and-advertisements: nothing given = every pool).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PoolSelection {
     /// `ipAddressPools`: pools by name.

@@ -1,5 +1,5 @@
 //! Property tests: random small Worlds, checked against a naive oracle written straight from
-//! SPEC §4, plus the invariants speakers rely on (one announcer per IP, sharing and
+//! docs/design/election.md, plus the invariants speakers rely on (one announcer per IP, sharing and
 //! dual-stack never split, order of events irrelevant, no extra moves).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -266,7 +266,7 @@ fn build(objs: &Objects, seed: u64) -> World {
     w
 }
 
-// ---- The oracle: SPEC §4 read literally, no caching, no cleverness. ----
+// ---- The oracle: docs/design/election.md read literally, no caching, no cleverness. ----
 
 fn advs_for<'w>(w: &'w World, s: &Service, addr: IpAddr) -> Vec<&'w Advertisement> {
     w.advertisements

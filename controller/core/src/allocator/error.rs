@@ -1,4 +1,4 @@
-//! Why a Service got no IP: one variant per `ferrolb.io/IPAllocated=False` reason (SPEC §3).
+//! Why a Service got no IP: one variant per `ferrolb.io/IPAllocated=False` reason (docs/design/allocation.md#reasons-a-service-has-no-ip).
 //!
 //! ```text
 //!   assign / claim ──Err(AllocError)──▶ glue: condition reason = err.reason()

@@ -1,4 +1,4 @@
-//! The pure IP allocator: which Service holds which external IP (SPEC §2–3).
+//! The pure IP allocator: which Service holds which external IP (docs/design/allocation.md).
 //!
 //! ```text
 //!   pool events ──upsert_pool / set_pool_invalid / remove_pool──▶ ┌──────────────────────┐
@@ -459,7 +459,7 @@ impl Allocator {
         self.pick(pool, missing, &svc.key, share, &[])
     }
 
-    /// Whether the current assignment still satisfies the request (SPEC: keep a valid assignment).
+    /// Whether the current assignment still satisfies the request (docs/design/allocation.md#choosing-an-ip: keep a valid assignment).
     /// Selectors, autoAssign and pool state are deliberately not re-checked: IPs never move for those.
     fn keeps(
         &self,

@@ -196,7 +196,7 @@ impl Pool {
         (self.config.created, &self.config.name)
     }
 
-    /// Candidate order (SPEC §3, docs/configuration.md "Which pool a Service gets"):
+    /// Candidate order (docs/design/allocation.md#choosing-an-ip, docs/configuration.md "Which pool a Service gets"):
     /// pools with a `serviceAllocation.priority`, lowest first; then the other pools that
     /// restrict themselves with `serviceAllocation`; then general pools; ties by name. A
     /// pool made for some Services thus wins over a general one whatever their names.

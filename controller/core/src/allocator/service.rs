@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Two Services may hold the same IP only when both carry the same non-empty sharing key,
-//! no (protocol, port) pair overlaps, and their backends match (SPEC §3).
+//! no (protocol, port) pair overlaps, and their backends match (docs/design/allocation.md#sharing-an-ip).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,4 +1,4 @@
-//! Table tests for every allocation rule of SPEC §2–3.
+//! Table tests for every allocation rule of docs/design/allocation.md.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -433,7 +433,7 @@ fn every_error_reason_has_its_trigger() {
     }
 }
 
-/// SPEC §3: pools whose `serviceAllocation` admits the Service come before general
+/// docs/design/allocation.md#choosing-an-ip: pools whose `serviceAllocation` admits the Service come before general
 /// autoAssign pools, even without a priority and whatever the names.
 #[test]
 fn restricted_pools_come_before_general_ones() {
