@@ -120,8 +120,18 @@ fn route(path: &str, registry: &Registry, health: &Health) -> Response<Full<Byte
     }
 }
 
+/// Connections served at once; more are closed at accept (a scraper and two probes need 3).
+pub const MAX_CONNECTIONS: usize = 32;
+/// Longest a client may take to send its request headers.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest one connection may stay open.
+pub const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the task is dropped.
-/// Returns the bound address (port 0 picks one).
+/// Returns the bound address (port 0 picks one). Bounded against a hostile or broken
+/// client: at most [`MAX_CONNECTIONS`] at once, [`HEADER_TIMEOUT`] to send the headers,
+/// [`CONNECTION_TIMEOUT`] per connection, and accept errors (EMFILE…) back off instead
+/// of spinning.
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
@@ -129,21 +139,39 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let task = tokio::spawn(async move {
+        let mut pause = std::time::Duration::from_millis(10);
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    pause = std::time::Duration::from_millis(10);
+                    stream
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, ?pause, "metrics endpoint: accept failed; pausing");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(stream); // over the limit: closed at once
                 continue;
             };
             let (registry, health) = (registry.clone(), health.clone());
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let resp = route(req.uri().path(), &registry, &health);
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(io, svc);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
             });
         }
     });
@@ -197,5 +225,51 @@ mod tests {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
         assert!(out.contains("ferrolb_test_total 1"), "{out}");
+    }
+
+    /// One GET over a fresh connection: the status line, or `None` if the server closed it.
+    async fn get(addr: SocketAddr, path: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(2), s.read_to_end(&mut out));
+        read.await.ok()?.ok()?;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        text.lines().next().map(str::to_owned)
+    }
+
+    #[tokio::test]
+    async fn idle_connections_cannot_exhaust_the_endpoint() {
+        let (addr, _task) = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Registry::default()),
+            Arc::new(Health::default()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            get(addr, "/healthz").await.as_deref(),
+            Some("HTTP/1.1 200 OK")
+        );
+        // Fill every slot with connections that never send a request.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(
+            get(addr, "/healthz").await,
+            None,
+            "over the limit: closed at once"
+        );
+        // They are dropped after the header timeout; the endpoint serves again.
+        tokio::time::sleep(HEADER_TIMEOUT + std::time::Duration::from_millis(500)).await;
+        assert_eq!(
+            get(addr, "/healthz").await.as_deref(),
+            Some("HTTP/1.1 200 OK")
+        );
+        drop(idle);
     }
 }

@@ -522,11 +522,14 @@ pub async fn run(
 
     tracing::info!("stopping: handing announcements over");
     health.set_ready(false);
-    // Stop answering first, then tell the peers: they take over a moment after we went
-    // quiet, never while we still answer (a gap of one poll interval, never two answers).
+    // Stop answering first (withdrawn IPs are not answered once set_announcements
+    // returns), then tell the peers: they take over a moment after we went quiet, never
+    // while we still answer. The responder threads are joined afterwards.
+    let p = plane.clone();
+    tokio::task::spawn_blocking(move || p.set_announcements(Default::default())).await?;
+    live.leave().await;
     let p = plane.clone();
     tokio::task::spawn_blocking(move || p.shutdown()).await?;
-    live.leave().await;
     Ok(())
 }
 

@@ -65,9 +65,10 @@ struct Args {
     /// Seconds between periodic gratuitous ARP/NA refreshes (0 = off).
     #[arg(long, default_value_t = 0)]
     refresh_secs: u64,
-    /// Address of the /metrics, /healthz and /readyz endpoint.
-    #[arg(long, default_value = "0.0.0.0:7474")]
-    metrics_addr: SocketAddr,
+    /// Address of the /metrics, /healthz and /readyz endpoint (default: the advertised
+    /// address, port 7474: the node's address, not every interface of the host).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -82,6 +83,9 @@ async fn main() -> anyhow::Result<()> {
         false => None,
     };
     let advertise = SocketAddr::new(args.advertise_addr, args.heartbeat_port);
+    let metrics_addr = args
+        .metrics_addr
+        .unwrap_or(SocketAddr::new(args.advertise_addr, 7474));
     // Bound to the advertised address, so heartbeats leave from the address peers know
     // (they drop datagrams from any other before hashing). An address not on this host
     // (NAT) falls back to the wildcard, where the kernel picks the source by route.
@@ -128,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::register(&mut registry);
     let health = Arc::new(Health::default());
     let (addr, _server) =
-        ferrolb_ops::serve(args.metrics_addr, Arc::new(registry), health.clone()).await?;
+        ferrolb_ops::serve(metrics_addr, Arc::new(registry), health.clone()).await?;
     tracing::info!(%addr, node = %config.node, "ferrolb-speaker starting");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
