@@ -251,15 +251,15 @@ impl Detector {
             .into_iter()
             .filter(|(n, _)| *n != self.self_node)
             .collect();
-        let mut retained = BTreeMap::new();
-        for (name, m) in std::mem::take(&mut self.members)
-            .into_iter()
-            .chain(std::mem::take(&mut self.retained))
-        {
-            if !next.contains_key(&name) && self.news(&name, now).is_some_and(|n| n.fresh) {
-                retained.insert(name, m);
-            }
-        }
+        // Judged on the current membership, so news relayed by peers counts too.
+        let retained: BTreeMap<String, Member> = self
+            .members
+            .iter()
+            .chain(&self.retained)
+            .filter(|(name, _)| !next.contains_key(*name))
+            .filter(|(name, _)| self.news(name, now).is_some_and(|n| n.fresh))
+            .map(|(name, m)| (name.clone(), *m))
+            .collect();
         // A Lease published with another incarnation is a restart: heartbeats of that
         // incarnation are accepted from now on, the old one's are stale.
         self.members = next;

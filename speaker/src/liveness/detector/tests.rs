@@ -360,6 +360,20 @@ fn deleted_leases_do_not_make_anyone_alone() {
 }
 
 #[test]
+fn a_deleted_lease_keeps_a_member_we_only_hear_through_a_peer() {
+    let t0 = Instant::now();
+    let mut d = detector("self", &["a", "c"], t0);
+    d.observe(&hb("c", 1, true, &["a", "self"]), t0);
+    d.tick(t0);
+    assert!(d.alive(t0).contains_key("a"), "a through c");
+    d.set_members(members(&["c"]), t0 + ms(10));
+    assert!(
+        d.alive(t0 + ms(10)).contains_key("a"),
+        "kept: c still hears it"
+    );
+}
+
+#[test]
 fn a_speaker_that_comes_back_settles_for_the_hold_down() {
     let t0 = Instant::now();
     let mut d = detector("self", &["a"], t0);
