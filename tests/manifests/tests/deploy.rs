@@ -839,7 +839,8 @@ fn binaries_still_have_the_defaults_the_manifests_rely_on() {
         r#"env = "NODE_NAME""#,
         r#"env = "POD_IP""#,
         r#"env = "POD_NAMESPACE""#,
-        r#"default_value = "0.0.0.0:7474""#,
+        // Probes and the metrics Service reach :7474 on the pod IP (= POD_IP, hostNetwork).
+        "SocketAddr::new(args.advertise_addr, 7474)",
         r#"default_value = "/etc/ferrolb/liveness/key""#,
         "default_value_t = 7473",
     ] {

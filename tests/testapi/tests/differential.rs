@@ -827,6 +827,8 @@ async fn install_crds(client: &Client) {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        // deploy/crds is also a kustomization (`kubectl apply -k deploy/crds`).
+        .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
         .collect();
     files.sort();
     for f in files {
