@@ -732,11 +732,16 @@ fn metrics_move_as_the_lab_acts() {
         .unwrap_or(0.0);
     let ip = service(&lab, &Svc::new("metrics", PORT), 1)[0];
     let node = reach(&lab, ip, PORT, |_| true);
-    assert_eq!(
-        lab.controller_metric(allocated).unwrap().unwrap_or(0.0),
-        before + 1.0,
-        "one allocation counted"
-    );
+    // Counted once the write returned, which can be a moment after its watch event.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let counted = loop {
+        let n = lab.controller_metric(allocated).unwrap().unwrap_or(0.0);
+        if n > before || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(counted, before + 1.0, "one allocation counted");
     let assigned = "ferrolb_pool_addresses{pool=\"default\",family=\"IPv4\",state=\"assigned\"}";
     assert_eq!(lab.controller_metric(assigned).unwrap(), Some(1.0));
     assert_eq!(
