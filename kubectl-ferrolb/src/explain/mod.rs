@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ferrolb_controller_core::allocator::{PoolConfig, ServiceRequest};
+use ferrolb_controller_core::allocator::ServiceRequest;
 use ferrolb_controller_core::pool;
 use ferrolb_controller_core::service::{self, status_ips};
 use ferrolb_crds::{IPAddressPool, annotations, conditions};
@@ -298,34 +298,9 @@ fn verdict(p: &IPAddressPool, req: &ServiceRequest) -> Result<String, String> {
     if !cfg.auto_assign {
         return Err("autoAssign is false (only Services naming it or requesting its IPs)".into());
     }
-    admits(&cfg, req).map(|()| "admits it".into())
-}
-
-/// The pool's `serviceAllocation` rules for one Service, in the controller's order.
-fn admits(c: &PoolConfig, svc: &ServiceRequest) -> Result<(), String> {
-    if !c.namespaces.is_empty() && !c.namespaces.contains(&svc.key.namespace) {
-        return Err(format!(
-            "excludes it: namespace {:?} is not in serviceAllocation.namespaces",
-            svc.key.namespace
-        ));
-    }
-    if !c.namespace_selectors.is_empty()
-        && !c
-            .namespace_selectors
-            .iter()
-            .any(|s| s.matches(&svc.namespace_labels))
-    {
-        return Err(format!(
-            "excludes it: namespace {:?} matches no serviceAllocation.namespaceSelectors",
-            svc.key.namespace
-        ));
-    }
-    if !c.service_selectors.is_empty()
-        && !c.service_selectors.iter().any(|s| s.matches(&svc.labels))
-    {
-        return Err("excludes it: its labels match no serviceAllocation.serviceSelectors".into());
-    }
-    Ok(())
+    cfg.admits(req)
+        .map(|()| "admits it".into())
+        .map_err(|why| format!("excludes it: {why}"))
 }
 
 /// The speakers' World as the plugin can see it, and the interfaces it assumed per speaker.

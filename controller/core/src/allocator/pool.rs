@@ -43,6 +43,37 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
+    /// Whether `serviceAllocation` admits the Service; `Err` says which rule excluded it.
+    pub fn admits(&self, svc: &ServiceRequest) -> Result<(), String> {
+        let c = self;
+        if !c.namespaces.is_empty() && !c.namespaces.contains(&svc.key.namespace) {
+            return Err(format!(
+                "namespace {:?} is not in its serviceAllocation.namespaces [{}]",
+                svc.key.namespace,
+                c.namespaces.join(", ")
+            ));
+        }
+        if !c.namespace_selectors.is_empty()
+            && !c
+                .namespace_selectors
+                .iter()
+                .any(|s| s.matches(&svc.namespace_labels))
+        {
+            return Err(format!(
+                "the labels of namespace {:?} match none of its serviceAllocation.namespaceSelectors",
+                svc.key.namespace
+            ));
+        }
+        if !c.service_selectors.is_empty()
+            && !c.service_selectors.iter().any(|s| s.matches(&svc.labels))
+        {
+            return Err(
+                "the Service's labels match none of its serviceAllocation.serviceSelectors".into(),
+            );
+        }
+        Ok(())
+    }
+
     /// A pool with these addresses and every other field at its CRD default, for tests and glue.
     pub fn new(name: impl Into<String>, addresses: PoolAddresses) -> Self {
         PoolConfig {
@@ -220,33 +251,7 @@ impl Pool {
 
     /// Whether `serviceAllocation` admits the Service; `Err` says which rule excluded it.
     pub fn admits(&self, svc: &ServiceRequest) -> Result<(), String> {
-        let c = &self.config;
-        if !c.namespaces.is_empty() && !c.namespaces.contains(&svc.key.namespace) {
-            return Err(format!(
-                "namespace {:?} is not in its serviceAllocation.namespaces [{}]",
-                svc.key.namespace,
-                c.namespaces.join(", ")
-            ));
-        }
-        if !c.namespace_selectors.is_empty()
-            && !c
-                .namespace_selectors
-                .iter()
-                .any(|s| s.matches(&svc.namespace_labels))
-        {
-            return Err(format!(
-                "the labels of namespace {:?} match none of its serviceAllocation.namespaceSelectors",
-                svc.key.namespace
-            ));
-        }
-        if !c.service_selectors.is_empty()
-            && !c.service_selectors.iter().any(|s| s.matches(&svc.labels))
-        {
-            return Err(
-                "the Service's labels match none of its serviceAllocation.serviceSelectors".into(),
-            );
-        }
-        Ok(())
+        self.config.admits(svc)
     }
 
     pub fn stats(&self) -> PoolStats {
