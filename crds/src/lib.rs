@@ -231,6 +231,101 @@ pub struct L2AdvertisementStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// What one node's speaker announces, and how it sees its peers. Each speaker writes only
+/// its own (named after its node; docs/security.md); the controller folds them into each
+/// Service's `ferrolb.io/Announced` condition, so speakers need no write access to Services.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "ferrolb.io",
+    version = "v1alpha1",
+    kind = "NodeAnnouncement",
+    category = "ferrolb",
+    shortname = "nodeann",
+    doc = "What one node's speaker announces, written by that speaker alone.",
+    printcolumn(name = "Serving", type_ = "boolean", json_path = ".spec.serving"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".spec.reason"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAnnouncementSpec {
+    /// The writing speaker's heartbeat incarnation (as in its Lease): a report of an older
+    /// start of the same node is stale.
+    #[schemars(length(max = 20))]
+    pub incarnation: String,
+    /// Whether this speaker takes part in elections (heard by its peers, able to answer).
+    pub serving: bool,
+    /// Why it does not serve (`NotReady`, `HearNobody`, `NobodyHearsUs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub reason: Option<String>,
+    /// Known speakers (fresh Leases) this speaker does not count as serving, with the
+    /// incarnation it last knew. Normally empty; after a crash it names the dead node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5000))]
+    pub down: Vec<PeerIncarnation>,
+    /// Services this node announces (at least one IP), each with every IP's decision, and,
+    /// from the lowest-named serving speaker only, Services nobody announces and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20000))]
+    pub services: Vec<ServiceReport>,
+}
+
+/// A peer and the incarnation it was known by.
+#[derive(
+    KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerIncarnation {
+    /// Node name.
+    #[schemars(length(max = 253))]
+    pub node: String,
+    /// Its heartbeat incarnation.
+    #[schemars(length(max = 20))]
+    pub incarnation: String,
+}
+
+/// One Service as a speaker sees it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceReport {
+    /// `namespace/name`.
+    #[schemars(length(max = 317))]
+    pub service: String,
+    /// Each of its IPs.
+    #[schemars(length(max = 2))]
+    pub ips: Vec<IpReport>,
+}
+
+/// One IP of a Service: announced here (on `interfaces`), or not and why.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IpReport {
+    /// The IP.
+    #[schemars(length(max = 45))]
+    pub ip: String,
+    /// The node announcing it, when one is elected (this node, in its own entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub node: Option<String>,
+    /// Interfaces it is announced on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 15)))]
+    pub interfaces: Vec<String>,
+    /// When not announced: the CamelCase reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub reason: Option<String>,
+    /// When not announced: why, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
+}
+
 /// Every CRD of the API with the file name `crdgen` writes it under.
 pub fn crds() -> Vec<(
     &'static str,
@@ -239,6 +334,7 @@ pub fn crds() -> Vec<(
     vec![
         ("ferrolb.io_ipaddresspools.yaml", IPAddressPool::crd()),
         ("ferrolb.io_l2advertisements.yaml", L2Advertisement::crd()),
+        ("ferrolb.io_nodeannouncements.yaml", NodeAnnouncement::crd()),
     ]
 }
 
@@ -298,7 +394,16 @@ mod tests {
             assert_eq!(crd.spec.scope, "Cluster", "{file}");
             let v = &crd.spec.versions[0];
             assert_eq!(v.name, "v1alpha1");
-            assert!(v.subresources.as_ref().unwrap().status.is_some(), "{file}");
+            // A NodeAnnouncement is a report its speaker writes whole: no status.
+            let want_status = crd.spec.names.kind != "NodeAnnouncement";
+            assert_eq!(
+                v.subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some(),
+                want_status,
+                "{file}"
+            );
         }
         let pool = IPAddressPool::crd();
         let cols: Vec<_> = pool.spec.versions[0]
