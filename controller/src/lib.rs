@@ -18,6 +18,7 @@
 //! lease could change hands: a graceful leader releases only after its writes stopped, a
 //! crashed or frozen one stopped writing at its renew deadline ([`lease`]).
 
+pub mod announced;
 pub mod lease;
 pub mod metrics;
 pub mod secret;
@@ -237,6 +238,17 @@ pub async fn run_with(
         clients.fence.clone(),
         &config.timing,
     );
+    // The Announced conditions, folded from the speakers' NodeAnnouncements.
+    let services_changed = Arc::new(tokio::sync::Notify::new());
+    let _announced = AbortOnDrop(tokio::spawn(announced::run(
+        clients.api.clone(),
+        config.lease_namespace.clone(),
+        index.clone(),
+        writer.clone(),
+        metrics.clone(),
+        services_changed.clone(),
+        stop.clone(),
+    )));
     let mut relist = Relists::default();
     // While Some: this replica won the lease and waits for these kinds' fresh re-lists
     // before it leads (pools, advertisements, Services, namespaces).
@@ -297,6 +309,7 @@ pub async fn run_with(
                     metrics.set_leader(true);
                 }
                 health.set_ready(idx.synced());
+                services_changed.notify_one();
             }
             _ = tick.tick() => {}
         }
@@ -365,6 +378,15 @@ pub async fn run_with(
         tracing::warn!("the election did not end in time");
     }
     Ok(())
+}
+
+/// Aborts the task when dropped (the Announced loop ends with the controller's run).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn update_name(u: &index::Update) -> String {

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use crate::index::{EventSpec, Update};
 use crate::lease::{Fence, Permit, Refused, Timing};
 use crate::metrics::Metrics;
+use ferrolb_controller_core::announced;
 use ferrolb_ops::retry::{Class, Classify, classify, metric_label, with_backoff};
 
 /// The field manager FerroLB's controller writes as.
@@ -247,11 +248,64 @@ impl Writer {
         }
     }
 
+    /// Writes a Service's condition list (the `ferrolb.io/Announced` condition replaced) on
+    /// the resourceVersion it was decided on, then the `Announcing` Event of a takeover.
+    pub async fn set_conditions(&self, w: &announced::Write) -> Result<(), Error> {
+        let r = self.set_conditions_fenced(w).await;
+        if let Err(e) = &r {
+            self.metrics.api_error(e.metric_label());
+        }
+        match r {
+            Err(Error::Api(e)) if classify(&e) == Class::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn set_conditions_fenced(&self, w: &announced::Write) -> Result<(), Error> {
+        let permit = self.fence.begin(Instant::now())?;
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &w.key.namespace);
+        let patch = Patch::Merge(json!({
+            "metadata": {"resourceVersion": w.resource_version},
+            "status": {
+                "conditions": if w.conditions.is_empty() { Value::Null } else { json!(w.conditions) },
+            }
+        }));
+        let params = PatchParams::default();
+        // A 409 is not retried here: the Service changed, and the next round decides on it.
+        self.call(&permit, || api.patch_status(&w.key.name, &params, &patch))
+            .await?;
+        if let Some(note) = &w.takeover {
+            let ev = EventSpec {
+                warning: false,
+                reason: "Announcing".into(),
+                note: note.clone(),
+            };
+            self.record_as(
+                &permit,
+                &service_ref(&w.key, w.uid.as_deref()),
+                &[ev],
+                "Announce",
+            )
+            .await;
+        }
+        Ok(())
+    }
+
     async fn record(
         &self,
         permit: &Permit,
         reference: &k8s_openapi::api::core::v1::ObjectReference,
         events: &[EventSpec],
+    ) {
+        self.record_as(permit, reference, events, "Allocate").await
+    }
+
+    async fn record_as(
+        &self,
+        permit: &Permit,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        events: &[EventSpec],
+        action: &str,
     ) {
         for ev in events {
             let event = Event {
@@ -262,7 +316,7 @@ impl Writer {
                 },
                 reason: ev.reason.clone(),
                 note: Some(ferrolb_ops::conditions::event_note(&ev.note)),
-                action: "Allocate".into(),
+                action: action.into(),
                 secondary: None,
             };
             let published = self

@@ -38,6 +38,18 @@ pub mod annotations {
     pub const ALIAS_PREFIXES: [&str; 2] = ["metallb.io/", "metallb.universe.tf/"];
 }
 
+/// The speakers' Leases (`<ns>/ferrolb-speaker-<node>`), which the controller reads too.
+pub mod speaker_lease {
+    /// Lease name prefix; the rest is the node name.
+    pub const PREFIX: &str = "ferrolb-speaker-";
+    /// Annotation: the heartbeat address peers send to.
+    pub const HEARTBEAT_ADDR_ANNOTATION: &str = "ferrolb.io/heartbeat-addr";
+    /// Annotation: the speaker's incarnation (random per start).
+    pub const INCARNATION_ANNOTATION: &str = "ferrolb.io/heartbeat-incarnation";
+    /// Label selector matching every speaker Lease.
+    pub const SELECTOR: &str = "app.kubernetes.io/component=speaker";
+}
+
 /// Condition types FerroLB writes.
 pub mod conditions {
     /// On a Service: whether FerroLB allocated its external IPs.

@@ -6,7 +6,8 @@
 //!        │                         heartbeats (liveness::udp) ──▶ live speakers + interfaces
 //!        ▼                                         │
 //!   world.rs ──▶ core::World ──▶ core::desired ──▶ Table ──┬──▶ local_announcements ──▶ DataPlane
-//!                                                          └──▶ status::writes ──▶ Announced condition
+//!                                                          └──▶ status::report ──▶ NodeAnnouncement <node>
+//!                                      (the controller folds every node's into the Announced condition)
 //! ```
 //!
 //! Pure: [`core`] (eligibility, election), [`wire`] (ARP/NDP codecs), [`status`] and
@@ -32,8 +33,6 @@ use futures::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::jiff::Timestamp;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use tokio::sync::watch;
@@ -377,14 +376,24 @@ pub async fn run(
         leases: Cache::new(),
     };
 
-    // The latest desired writes; the writer always works on the newest set (no queue).
-    let (writes_tx, writes_rx) = watch::channel(Vec::new());
-    let _writer = tokio::spawn(status_writer(
+    // This node's report (NodeAnnouncement); the writer always works on the newest one.
+    let incarnation = config.liveness.incarnation;
+    let (report_tx, report_rx) = watch::channel(status::report(
+        &core::Table::default(),
+        &me,
+        false,
+        incarnation,
+        Some(liveness::NotServing::NotReady),
+        &BTreeMap::new(),
+    ));
+    let _writer = tokio::spawn(status::writer(
         client.clone(),
         me.clone(),
-        writes_rx,
+        report_rx,
         metrics.clone(),
     ));
+    let mut serving: Option<liveness::NotServing> = Some(liveness::NotServing::NotReady);
+    let mut peers: BTreeMap<String, liveness::PeerAddr> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut announced: BTreeMap<std::net::IpAddr, BTreeSet<String>> = BTreeMap::new();
@@ -430,6 +439,7 @@ pub async fn run(
             }
             Ok(()) = not_serving.changed() => {
                 let why = *not_serving.borrow_and_update();
+                serving = why;
                 health.set_ready(why.is_none());
                 metrics.set_cut_off(why.is_some_and(|w| w != liveness::NotServing::NotReady));
             }
@@ -445,7 +455,7 @@ pub async fn run(
             }
         }
         if lease_check {
-            let peers = lease_clock.peers(
+            peers = lease_clock.peers(
                 caches.leases.items.values(),
                 &me,
                 tokio::time::Instant::now(),
@@ -497,27 +507,15 @@ pub async fn run(
         }
         metrics.set_table(&table, &me);
         let housekeeper = alive.keys().next().is_some_and(|n| *n == me);
-        let writes = status::writes(
-            &table,
-            caches.services.items.iter(),
-            &me,
-            housekeeper,
-            Timestamp::now(),
-        );
-        let stamped: Vec<(Option<String>, status::Write)> = writes
-            .into_iter()
-            .map(|w| {
-                let rv = caches
-                    .services
-                    .items
-                    .get(&w.key)
-                    .and_then(|s| s.metadata.resource_version.clone());
-                (rv, w)
-            })
+        // Known speakers (fresh Leases) we do not count as serving: the controller reads
+        // this to discount a crashed node's stale report of what it announced.
+        let down: BTreeMap<String, u64> = peers
+            .iter()
+            .filter(|(node, p)| p.fresh && !alive.contains_key(*node))
+            .filter_map(|(node, p)| Some((node.clone(), p.incarnation?)))
             .collect();
-        if !stamped.is_empty() || !writes_tx.borrow().is_empty() {
-            writes_tx.send_replace(stamped);
-        }
+        let report = status::report(&table, &me, housekeeper, incarnation, serving, &down);
+        report_tx.send_if_modified(|old| std::mem::replace(old, report.clone()) != report);
     }
 
     tracing::info!("stopping: handing announcements over");
@@ -528,6 +526,19 @@ pub async fn run(
     let p = plane.clone();
     tokio::task::spawn_blocking(move || p.set_announcements(Default::default())).await?;
     live.leave().await;
+    // Say so in this node's report (bounded: the API server may be what is failing).
+    let leaving = status::leaving(incarnation);
+    report_tx.send_replace(leaving.clone());
+    let wrote = tokio::time::timeout(
+        Duration::from_secs(2),
+        status::apply(&client, &me, None, &leaving),
+    )
+    .await;
+    if !matches!(wrote, Ok(Ok(()))) {
+        tracing::warn!(
+            "could not write the leaving NodeAnnouncement; the controller relies on peers and the Lease"
+        );
+    }
     let p = plane.clone();
     tokio::task::spawn_blocking(move || p.shutdown()).await?;
     Ok(())
@@ -536,53 +547,5 @@ pub async fn run(
 async fn sleep_until(t: Option<tokio::time::Instant>) {
     if let Some(t) = t {
         tokio::time::sleep_until(t).await;
-    }
-}
-
-/// Applies the newest set of condition writes, skipping one already written for the same
-/// observed resourceVersion (the watch has not caught up yet). Only the latest set matters:
-/// while a batch is written, newer sets replace older ones instead of queueing.
-async fn status_writer(
-    client: Client,
-    me: String,
-    mut rx: watch::Receiver<Vec<(Option<String>, status::Write)>>,
-    metrics: Metrics,
-) {
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "ferrolb-speaker".into(),
-            instance: Some(me),
-        },
-    );
-    let mut written: HashMap<String, (Option<String>, status::Content)> = HashMap::new();
-    let mut fights = status::Fights::default();
-    while rx.changed().await.is_ok() {
-        let batch = rx.borrow_and_update().clone();
-        for (rv, w) in batch {
-            let stamp = (rv, w.content());
-            if written.get(&w.key) == Some(&stamp) {
-                continue;
-            }
-            if !fights.allow(&w, std::time::Instant::now()) {
-                continue;
-            }
-            let ns = w.key.split_once('/').map_or("", |(ns, _)| ns);
-            let api: Api<Service> = Api::namespaced(client.clone(), ns);
-            match status::apply(&api, &recorder, &w).await {
-                Ok(()) => {
-                    written.insert(w.key.clone(), stamp);
-                }
-                Err(e) => {
-                    metrics.api_error(ferrolb_ops::retry::metric_label(&e));
-                    tracing::warn!(error = %e, service = %w.key, "cannot write the Announced condition");
-                    written.remove(&w.key);
-                    fights.forget(&w.key);
-                }
-            }
-            if rx.has_changed().unwrap_or(false) {
-                break; // a newer set arrived: work on that instead
-            }
-        }
     }
 }

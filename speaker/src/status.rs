@@ -1,326 +1,201 @@
-//! The `ferrolb.io/Announced` condition: which node and interfaces announce a Service's
-//! IPs and since when, or why none does. Pure decision of who writes what; a thin writer.
+//! This node's `NodeAnnouncement`: what it announces, whether it serves, and which known
+//! speakers it counts out. The controller folds every node's report into each Service's
+//! `ferrolb.io/Announced` condition (`controller/core/src/announced.rs`): the speaker writes
+//! no Service, and one writer per condition means no two speakers can fight over it.
 //!
 //! ```text
-//!   Table ──▶ for each Service:  announced by me?            ──▶ I write True  (+ Event on takeover)
-//!                                not announced, I'm the lowest live speaker ──▶ I write False
-//!                                announced by a peer          ──▶ the peer writes
+//!   Table ──▶ report(): Services with an IP this node announces (every IP's decision),
+//!             and, from the lowest-named serving speaker, Services nobody announces
+//!   liveness ─▶ serving / why not, peers counted out (fresh Lease, not serving in our view)
+//!        ──▶ NodeAnnouncement <node> (server-side apply, only when it changed)
 //! ```
 //!
-//! Exactly one speaker writes each Service's condition, so writes grow with changes,
-//! never with the number of speakers. `lastTransitionTime` tells since when the current
-//! announcer holds the IPs.
+//! Writes grow with changes of what this node announces, never with the number of Services
+//! it does not announce (only the housekeeper lists those) nor with time.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use ferrolb_crds::conditions::ANNOUNCED;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Api, Resource};
-use serde_json::json;
+use ferrolb_crds::{
+    IpReport, NodeAnnouncement, NodeAnnouncementSpec, PeerIncarnation, ServiceReport,
+};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::{Api, Client};
+use tokio::sync::watch;
 
 use crate::core::{Decision, Table};
+use crate::liveness::NotServing;
+use crate::metrics::Metrics;
 
-/// One condition this speaker should write.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Write {
-    /// `namespace/name`.
-    pub key: String,
-    /// The condition; `None` removes ours (the Service no longer has IPs to announce).
-    pub condition: Option<Condition>,
-    /// A Normal Event to record when this speaker takes the Service over.
-    pub takeover: Option<String>,
-}
+/// The field manager the speaker writes its report as.
+pub const MANAGER: &str = "ferrolb-speaker";
 
-/// What a write says, without timestamps: two writes with equal content are the same write.
-pub type Content = Option<(String, String, String)>;
-
-impl Write {
-    /// The condition's status, reason and message (`None` = remove it).
-    pub fn content(&self) -> Content {
-        self.condition
-            .as_ref()
-            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+fn ip_report(ip: std::net::IpAddr, d: &Decision) -> IpReport {
+    match d {
+        Decision::Announce { node, interfaces } => IpReport {
+            ip: ip.to_string(),
+            node: Some(node.clone()),
+            interfaces: interfaces.iter().cloned().collect(),
+            ..Default::default()
+        },
+        Decision::NotAnnounced { .. } => IpReport {
+            ip: ip.to_string(),
+            reason: Some(d.reason().to_owned()),
+            message: Some(d.to_string()),
+            ..Default::default()
+        },
     }
 }
 
-/// The observed `ferrolb.io/Announced` condition of a Service.
-pub fn observed(svc: &Service) -> Option<&Condition> {
-    svc.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == ANNOUNCED)
-}
-
-fn summarize(
-    decisions: &BTreeMap<std::net::IpAddr, Decision>,
-) -> (bool, &'static str, String, Option<String>) {
-    let mut announced = Vec::new();
-    let mut missing = Vec::new();
-    for (ip, d) in decisions {
-        match d {
-            Decision::Announce { interfaces, .. } => {
-                let on = interfaces.iter().cloned().collect::<Vec<_>>().join(",");
-                announced.push(format!("{ip} on {on}"));
-            }
-            Decision::NotAnnounced { .. } => missing.push(format!("{ip} {d}")),
-        }
-    }
-    let node = decisions
-        .values()
-        .find_map(|d| d.announcer().map(str::to_owned));
-    match &node {
-        Some(n) if missing.is_empty() => (
-            true,
-            "Announced",
-            format!("node {n} announces {}", announced.join(", ")),
-            node,
-        ),
-        // A dual-stack Service with one family announced: say so, and why not the other.
-        Some(n) => (
-            true,
-            "PartiallyAnnounced",
-            format!(
-                "node {n} announces {}; {}",
-                announced.join(", "),
-                missing.join("; ")
-            ),
-            node,
-        ),
-        None => {
-            let d = decisions
-                .values()
-                .next()
-                .expect("a Service in the table has IPs");
-            (false, d.reason(), d.to_string(), None)
-        }
+/// The reason word of a [`NotServing`].
+pub fn not_serving_reason(w: NotServing) -> &'static str {
+    match w {
+        NotServing::NotReady => "NotReady",
+        NotServing::HearNobody => "HearNobody",
+        NotServing::NobodyHearsUs => "NobodyHearsUs",
     }
 }
 
-/// The condition writes this speaker (`me`) is responsible for. `services` are the
-/// handled Services as observed (with their current conditions); `housekeeper` is true
-/// for the lowest-named live speaker, which reports Services nobody announces.
-pub fn writes<'a>(
+/// This node's report. `housekeeper` is true for the lowest-named serving speaker, which
+/// also lists the Services nobody announces (with why); `down` are the known peers (fresh
+/// Leases) this speaker does not count as serving, with their incarnations.
+pub fn report(
     table: &Table,
-    services: impl IntoIterator<Item = (&'a String, &'a Service)>,
     me: &str,
     housekeeper: bool,
-    now: Timestamp,
-) -> Vec<Write> {
-    let mut out = Vec::new();
-    for (key, svc) in services {
-        let old = observed(svc);
-        let Some(decisions) = table.service(key) else {
-            // Nothing to announce (no IPs, or no longer ours): drop a stale condition.
-            if housekeeper && old.is_some() {
-                out.push(Write {
-                    key: key.clone(),
-                    condition: None,
-                    takeover: None,
-                });
-            }
-            continue;
-        };
-        let (status, reason, message, node) = summarize(decisions);
-        let mine = node.as_deref() == Some(me) || (node.is_none() && housekeeper);
-        if !mine {
-            continue;
-        }
-        let status_s = if status { "True" } else { "False" };
-        if old.is_some_and(|c| c.status == status_s && c.reason == reason && c.message == message) {
-            continue;
-        }
-        // "Since when": the time moves when the status flips or the announcer changes.
-        let same_holder = old.is_some_and(|c| {
-            c.status == status_s && (!status || holder(&c.message) == node.as_deref())
-        });
-        let last_transition_time = match old {
-            Some(c) if same_holder => c.last_transition_time.clone(),
-            _ => Time(now),
-        };
-        let takeover = (status && !same_holder).then(|| format!("{message} (took over)"));
-        out.push(Write {
-            key: key.clone(),
-            condition: Some(Condition {
-                type_: ANNOUNCED.into(),
-                status: status_s.into(),
-                reason: reason.into(),
-                message,
-                observed_generation: svc.metadata.generation,
-                last_transition_time,
-            }),
-            takeover,
-        });
+    incarnation: u64,
+    not_serving: Option<NotServing>,
+    down: &BTreeMap<String, u64>,
+) -> NodeAnnouncementSpec {
+    let services = table
+        .services()
+        .iter()
+        .filter(|(_, decisions)| {
+            let mine = decisions.values().any(|d| d.announcer() == Some(me));
+            let nobodys = decisions.values().all(|d| d.announcer().is_none());
+            mine || (housekeeper && nobodys)
+        })
+        .map(|(key, decisions)| ServiceReport {
+            service: key.clone(),
+            ips: decisions.iter().map(|(ip, d)| ip_report(*ip, d)).collect(),
+        })
+        .collect();
+    NodeAnnouncementSpec {
+        incarnation: incarnation.to_string(),
+        serving: not_serving.is_none(),
+        reason: not_serving.map(|w| not_serving_reason(w).to_owned()),
+        down: down
+            .iter()
+            .map(|(node, inc)| PeerIncarnation {
+                node: node.clone(),
+                incarnation: inc.to_string(),
+            })
+            .collect(),
+        services,
     }
-    out
 }
 
-/// Per-Service memory of writes another speaker undid. Two speakers whose views differ for a
-/// moment would otherwise rewrite each other's condition in a loop (each write moves the
-/// resourceVersion, so de-duplication never stops them). Writing again content we already
-/// wrote means someone replaced it: the next attempt waits 1 s, then 2 s, 4 s … up to
-/// 5 min; a change of our own decision starts over at once.
-#[derive(Debug, Default)]
-pub struct Fights {
-    by_key: std::collections::HashMap<String, Fight>,
+/// The report of a speaker that is shutting down: it announces nothing any more.
+pub fn leaving(incarnation: u64) -> NodeAnnouncementSpec {
+    NodeAnnouncementSpec {
+        incarnation: incarnation.to_string(),
+        serving: false,
+        reason: Some("ShuttingDown".into()),
+        ..Default::default()
+    }
 }
 
-#[derive(Debug)]
-struct Fight {
-    ours: Content,
-    times: u32,
-    until: std::time::Instant,
+/// The object as the speaker applies it, owned by its Node (deleting the Node deletes it).
+pub fn object(node: &str, node_uid: Option<&str>, spec: NodeAnnouncementSpec) -> NodeAnnouncement {
+    let mut o = NodeAnnouncement::new(node, spec);
+    o.metadata = ObjectMeta {
+        name: Some(node.into()),
+        labels: Some(BTreeMap::from([
+            ("app.kubernetes.io/name".into(), "ferrolb".into()),
+            ("app.kubernetes.io/component".into(), "speaker".into()),
+        ])),
+        owner_references: node_uid.map(|uid| {
+            vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Node".into(),
+                name: node.into(),
+                uid: uid.into(),
+                ..Default::default()
+            }]
+        }),
+        ..Default::default()
+    };
+    o
 }
 
-/// Longest pause between two rewrites of a condition someone else keeps changing.
-pub const MAX_FIGHT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(300);
+/// Applies this node's report (server-side apply, one call).
+pub async fn apply(
+    client: &Client,
+    node: &str,
+    node_uid: Option<&str>,
+    spec: &NodeAnnouncementSpec,
+) -> Result<(), kube::Error> {
+    let api: Api<NodeAnnouncement> = Api::all(client.clone());
+    let obj = object(node, node_uid, spec.clone());
+    api.patch(
+        node,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .map(|_| ())
+}
 
-impl Fights {
-    /// Whether to write `w` at `now` (and notes the attempt).
-    pub fn allow(&mut self, w: &Write, now: std::time::Instant) -> bool {
-        let ours = w.content();
-        match self.by_key.get_mut(&w.key) {
-            Some(f) if f.ours == ours => {
-                if now < f.until {
-                    return false;
+/// Keeps this node's report equal to the newest one on `rx`: writes each change once,
+/// retries a failed write with backoff (1 s doubling to 30 s) until it lands or a newer
+/// report replaces it. API errors never touch announcing (fail-static).
+pub async fn writer(
+    client: Client,
+    node: String,
+    mut rx: watch::Receiver<NodeAnnouncementSpec>,
+    metrics: Metrics,
+) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut node_uid: Option<String> = None;
+    let mut written: Option<NodeAnnouncementSpec> = None;
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let want = rx.borrow_and_update().clone();
+        if written.as_ref() != Some(&want) {
+            if node_uid.is_none() {
+                node_uid = nodes.get(&node).await.ok().and_then(|n| n.metadata.uid);
+            }
+            match apply(&client, &node, node_uid.as_deref(), &want).await {
+                Ok(()) => {
+                    written = Some(want);
+                    pause = Duration::from_secs(1);
                 }
-                f.times += 1;
-                let pause =
-                    std::time::Duration::from_secs(1u64 << f.times.min(9).saturating_sub(1));
-                f.until = now + pause.min(MAX_FIGHT_BACKOFF);
-                if f.times > 1 {
-                    tracing::warn!(service = %w.key, times = f.times, ?pause,
-                        "another speaker keeps replacing this Service's Announced condition; backing off");
-                }
-                true
-            }
-            _ => {
-                self.by_key.insert(
-                    w.key.clone(),
-                    Fight {
-                        ours,
-                        times: 0,
-                        until: now,
-                    },
-                );
-                true
-            }
-        }
-    }
-
-    /// Forgets `key` (the write failed, or the Service is gone).
-    pub fn forget(&mut self, key: &str) {
-        self.by_key.remove(key);
-    }
-}
-
-/// The node named in an `Announced` message (`node X announces …`).
-fn holder(message: &str) -> Option<&str> {
-    message.strip_prefix("node ")?.split(' ').next()
-}
-
-/// Writes one condition with optimistic concurrency (re-reading on 409), then the Event.
-pub async fn apply(api: &Api<Service>, recorder: &Recorder, w: &Write) -> Result<(), kube::Error> {
-    let name = w.key.split_once('/').map_or(w.key.as_str(), |(_, n)| n);
-    for attempt in 0..4 {
-        let current = ferrolb_ops::retry::with_backoff(3, || api.get(name)).await?;
-        let old = current
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.clone())
-            .unwrap_or_default();
-        let conds = ferrolb_ops::conditions::replace(&old, ANNOUNCED, w.condition.clone());
-        let patch = Patch::Merge(json!({
-            "metadata": {"resourceVersion": current.metadata.resource_version},
-            "status": {"conditions": conds},
-        }));
-        match api
-            .patch_status(name, &PatchParams::default(), &patch)
-            .await
-        {
-            Ok(svc) => {
-                if let Some(note) = &w.takeover {
-                    let ev = Event {
-                        type_: EventType::Normal,
-                        reason: "Announcing".into(),
-                        note: Some(ferrolb_ops::conditions::event_note(note)),
-                        action: "Announce".into(),
-                        secondary: None,
-                    };
-                    if let Err(e) = recorder.publish(&ev, &svc.object_ref(&())).await {
-                        tracing::debug!(error = %e, "cannot record event");
+                Err(e) => {
+                    metrics.api_error(ferrolb_ops::retry::metric_label(&e));
+                    tracing::warn!(error = %e, ?pause, "cannot write this node's NodeAnnouncement; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        r = rx.changed() => if r.is_err() { return },
                     }
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                    continue;
                 }
-                return Ok(());
             }
-            Err(e)
-                if ferrolb_ops::retry::classify(&e) == ferrolb_ops::retry::Class::Conflict
-                    && attempt < 3 => {}
-            Err(e) => return Err(e),
+        }
+        if rx.changed().await.is_err() {
+            return;
         }
     }
-    unreachable!("the loop returns")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::{BTreeMap as Map, BTreeSet};
-
-    #[test]
-    fn a_condition_another_speaker_keeps_replacing_is_rewritten_less_and_less_often() {
-        let w = |msg: &str| Write {
-            key: "ns/web".into(),
-            condition: Some(Condition {
-                type_: ANNOUNCED.into(),
-                status: "True".into(),
-                reason: "Announced".into(),
-                message: msg.into(),
-                observed_generation: None,
-                last_transition_time: Time(Timestamp::UNIX_EPOCH),
-            }),
-            takeover: None,
-        };
-        let t0 = std::time::Instant::now();
-        let s = std::time::Duration::from_secs;
-        let mut f = Fights::default();
-        assert!(f.allow(&w("node a"), t0), "first write");
-        // Replaced by another speaker: we want to write the same again.
-        assert!(f.allow(&w("node a"), t0), "first rewrite at once");
-        assert!(!f.allow(&w("node a"), t0 + s(0)), "then 1 s apart");
-        assert!(f.allow(&w("node a"), t0 + s(1)));
-        assert!(!f.allow(&w("node a"), t0 + s(2)), "then 2 s");
-        assert!(f.allow(&w("node a"), t0 + s(3)));
-        assert!(!f.allow(&w("node a"), t0 + s(6)), "then 4 s");
-        assert!(f.allow(&w("node a"), t0 + s(7)));
-        // Our decision changed: written at once, the count starts over.
-        assert!(f.allow(&w("node b"), t0 + s(7)));
-        assert!(f.allow(&w("node b"), t0 + s(7)));
-        // Bounded: after many fights, at most every 5 minutes.
-        let mut t = t0 + s(10);
-        let mut last = t;
-        for _ in 0..40 {
-            while !f.allow(&w("node b"), t) {
-                t += s(1);
-            }
-            assert!(t - last <= MAX_FIGHT_BACKOFF + s(1));
-            last = t;
-        }
-        assert!(
-            t - t0 > s(3600),
-            "40 rewrites took over an hour, not 40 loops"
-        );
-        f.forget("ns/web");
-        assert!(f.allow(&w("node b"), t));
-    }
-
     use crate::core::{self, World};
     use ferrolb_crds::addresses::PoolAddresses;
+    use std::collections::{BTreeMap as Map, BTreeSet};
 
     fn world(nodes: &[&str], svc_ips: &[&str], endpoints: bool) -> World {
         let mut w = World::default();
@@ -353,109 +228,32 @@ mod tests {
         w
     }
 
-    fn svc_with(cond: Option<Condition>) -> Service {
-        Service {
-            status: Some(k8s_openapi::api::core::v1::ServiceStatus {
-                conditions: cond.map(|c| vec![c]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
     #[test]
-    fn only_the_announcer_writes_and_only_on_change() {
+    fn only_the_announcer_reports_an_announced_service() {
         let w = world(&["n1", "n2", "n3"], &["203.0.113.5"], true);
         let table = core::desired(&w);
         let winner = table
             .announcer("203.0.113.5".parse().unwrap())
             .unwrap()
             .to_owned();
-        let key = "ns/web".to_string();
-        let svc = svc_with(None);
-        let t0 = Timestamp::from_second(100).unwrap();
-        let mut writers = 0;
+        let none = Map::new();
+        let mut reporters = Vec::new();
         for n in ["n1", "n2", "n3"] {
-            let ws = writes(&table, [(&key, &svc)], n, n == "n1", t0);
-            if n == winner {
-                assert_eq!(ws.len(), 1);
-                let c = ws[0].condition.as_ref().unwrap();
-                assert_eq!(
-                    (c.status.as_str(), c.reason.as_str()),
-                    ("True", "Announced")
-                );
-                assert!(
-                    c.message
-                        .starts_with(&format!("node {winner} announces 203.0.113.5 on eth0")),
-                    "{}",
-                    c.message
-                );
-                assert!(ws[0].takeover.is_some());
-                writers += ws.len();
-                // Written: the same table later writes nothing.
-                let done = svc_with(ws[0].condition.clone());
-                assert!(
-                    writes(
-                        &table,
-                        [(&key, &done)],
-                        n,
-                        false,
-                        Timestamp::from_second(200).unwrap()
-                    )
-                    .is_empty()
-                );
-            } else {
-                assert!(ws.is_empty(), "{n} must not write");
+            let r = report(&table, n, n == "n1", 7, None, &none);
+            assert!(r.serving);
+            assert_eq!(r.incarnation, "7");
+            if !r.services.is_empty() {
+                reporters.push(n);
+                assert_eq!(r.services[0].service, "ns/web");
+                let ip = &r.services[0].ips[0];
+                assert_eq!(ip.node.as_deref(), Some(n));
+                assert_eq!(ip.interfaces, ["eth0"]);
             }
         }
-        assert_eq!(writers, 1);
-    }
-
-    #[test]
-    fn a_new_announcer_moves_the_transition_time_and_notes_the_takeover() {
-        let w = world(&["n1", "n2"], &["203.0.113.5"], true);
-        let table = core::desired(&w);
-        let winner = table
-            .announcer("203.0.113.5".parse().unwrap())
-            .unwrap()
-            .to_owned();
-        let loser = if winner == "n1" { "n2" } else { "n1" };
-        let old = Condition {
-            type_: ANNOUNCED.into(),
-            status: "True".into(),
-            reason: "Announced".into(),
-            message: format!("node {loser} announces 203.0.113.5 on eth0"),
-            observed_generation: None,
-            last_transition_time: Time(Timestamp::from_second(1).unwrap()),
-        };
-        let key = "ns/web".to_string();
-        let t = Timestamp::from_second(500).unwrap();
-        let ws = writes(&table, [(&key, &svc_with(Some(old)))], &winner, false, t);
-        assert_eq!(ws[0].condition.as_ref().unwrap().last_transition_time.0, t);
-        assert!(ws[0].takeover.as_deref().unwrap().contains("took over"));
-    }
-
-    #[test]
-    fn one_family_announced_is_partial_and_says_why() {
-        let w = world(&["n1"], &["203.0.113.5", "2001:db8::5"], true);
-        let table = core::desired(&w);
-        let key = "ns/web".to_string();
-        let ws = writes(
-            &table,
-            [(&key, &svc_with(None))],
-            "n1",
-            true,
-            Timestamp::UNIX_EPOCH,
-        );
-        let c = ws[0].condition.as_ref().unwrap();
         assert_eq!(
-            (c.status.as_str(), c.reason.as_str()),
-            ("True", "PartiallyAnnounced")
-        );
-        assert!(
-            c.message.contains("2001:db8::5 not announced"),
-            "{}",
-            c.message
+            reporters,
+            [winner.as_str()],
+            "the housekeeper does not repeat it"
         );
     }
 
@@ -463,31 +261,58 @@ mod tests {
     fn the_housekeeper_reports_why_nothing_is_announced() {
         let w = world(&["n1", "n2"], &["203.0.113.5"], false);
         let table = core::desired(&w);
-        let key = "ns/web".to_string();
-        let t = Timestamp::from_second(5).unwrap();
-        assert!(writes(&table, [(&key, &svc_with(None))], "n2", false, t).is_empty());
-        let ws = writes(&table, [(&key, &svc_with(None))], "n1", true, t);
-        let c = ws[0].condition.as_ref().unwrap();
+        let none = Map::new();
+        assert!(
+            report(&table, "n2", false, 1, None, &none)
+                .services
+                .is_empty()
+        );
+        let r = report(&table, "n1", true, 1, None, &none);
+        let ip = &r.services[0].ips[0];
+        assert_eq!(ip.node, None);
+        assert_eq!(ip.reason.as_deref(), Some("NoServingEndpoints"));
+        assert!(
+            ip.message.as_deref().unwrap().starts_with("not announced"),
+            "{ip:?}"
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_service_reports_both_families_with_the_missing_ones_reason() {
+        let w = world(&["n1"], &["203.0.113.5", "2001:db8::5"], true);
+        let table = core::desired(&w);
+        let r = report(&table, "n1", true, 1, None, &Map::new());
+        let ips = &r.services[0].ips;
+        assert_eq!(ips.len(), 2);
+        assert_eq!(ips[0].node.as_deref(), Some("n1"));
+        assert_eq!(ips[1].node, None, "the pool has no IPv6: {ips:?}");
+        assert!(ips[1].reason.is_some());
+    }
+
+    #[test]
+    fn a_speaker_that_does_not_serve_says_why_and_whom_it_counts_out() {
+        let table = Table::default();
+        let down = Map::from([("n2".to_string(), 42u64), ("n3".to_string(), 7u64)]);
+        let r = report(&table, "n1", false, 1, Some(NotServing::HearNobody), &down);
+        assert!(!r.serving);
+        assert_eq!(r.reason.as_deref(), Some("HearNobody"));
         assert_eq!(
-            (c.status.as_str(), c.reason.as_str()),
-            ("False", "NoServingEndpoints")
+            r.down,
+            [
+                PeerIncarnation {
+                    node: "n2".into(),
+                    incarnation: "42".into()
+                },
+                PeerIncarnation {
+                    node: "n3".into(),
+                    incarnation: "7".into()
+                }
+            ]
         );
-        // A Service that lost its IPs loses the stale condition.
-        let other = "ns/gone".to_string();
-        let ws = writes(
-            &table,
-            [(&other, &svc_with(Some(c.clone())))],
-            "n1",
-            true,
-            t,
-        );
-        assert_eq!(
-            ws,
-            [Write {
-                key: other,
-                condition: None,
-                takeover: None
-            }]
-        );
+        let l = leaving(1);
+        assert!(!l.serving && l.services.is_empty());
+        let o = object("n1", Some("u1"), l);
+        assert_eq!(o.metadata.name.as_deref(), Some("n1"));
+        assert_eq!(o.metadata.owner_references.unwrap()[0].uid, "u1");
     }
 }

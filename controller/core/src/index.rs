@@ -235,6 +235,16 @@ impl Index {
         &self.alloc
     }
 
+    /// Every cached Service (reduced by [`service::slim`]), in no particular order.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    /// The `spec.loadBalancerClass` served besides "no class".
+    pub fn lb_class(&self) -> &str {
+        &self.lb_class
+    }
+
     /// Becomes the writer. The allocator is rebuilt from the caches (re-claiming every IP
     /// already in a Service status, oldest first, before anything new is allocated) once
     /// every cache has synced — never from a partial view, where a Service seen before its

@@ -14,6 +14,7 @@
 //! pure, deterministic and testable without a cluster (docs/architecture.md).
 
 pub mod allocator;
+pub mod announced;
 pub mod index;
 pub mod pool;
 pub mod service;
