@@ -65,6 +65,8 @@ pub enum Verdict {
 pub struct Fold<'a> {
     counted: BTreeMap<&'a str, &'a NodeAnnouncementSpec>,
     by_service: HashMap<&'a str, Vec<(&'a str, &'a ServiceReport)>>,
+    /// Some speaker Lease exists, fresh or not.
+    speakers_known: bool,
 }
 
 fn counts_out(r: &NodeAnnouncementSpec, node: &str, incarnation: &str) -> bool {
@@ -112,6 +114,7 @@ impl<'a> Fold<'a> {
         Fold {
             counted,
             by_service,
+            speakers_known: !leases.is_empty(),
         }
     }
 
@@ -129,7 +132,9 @@ impl<'a> Fold<'a> {
     pub fn verdict(&self, key: &str) -> Verdict {
         let entries = self.by_service.get(key).map(Vec::as_slice).unwrap_or(&[]);
         if entries.is_empty() {
-            if self.any_serving() {
+            // Not reported yet; or no speaker was ever installed (a controller-only test
+            // cluster): then there is nothing to say, and no write per Service to make.
+            if self.any_serving() || !self.speakers_known {
                 return Verdict::Unknown;
             }
             return Verdict::Set {
