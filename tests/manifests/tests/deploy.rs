@@ -10,6 +10,9 @@ use ferrolb_crds::{IPAddressPool, L2Advertisement};
 use ferrolb_manifests_test::{
     Doc, kustomization_docs, kustomization_files, load_docs, lost_keys, read, typed_roundtrip,
 };
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -103,6 +106,16 @@ const BUILTIN: &[(&str, &str, bool)] = &[
     ("rbac.authorization.k8s.io/v1", "Role", true),
     ("rbac.authorization.k8s.io/v1", "RoleBinding", true),
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition", false),
+    (
+        "admissionregistration.k8s.io/v1",
+        "ValidatingAdmissionPolicy",
+        false,
+    ),
+    (
+        "admissionregistration.k8s.io/v1",
+        "ValidatingAdmissionPolicyBinding",
+        false,
+    ),
 ];
 
 /// Parses `d` with the type of its kind; panics on an unknown kind or a dropped key.
@@ -119,6 +132,10 @@ fn check_typed(d: &Doc) {
         "Role" => drop(typed::<Role>(d)),
         "RoleBinding" => drop(typed::<RoleBinding>(d)),
         "CustomResourceDefinition" => drop(typed::<CustomResourceDefinition>(d)),
+        "ValidatingAdmissionPolicy" => drop(typed::<ValidatingAdmissionPolicy>(d)),
+        "ValidatingAdmissionPolicyBinding" => {
+            drop(typed::<ValidatingAdmissionPolicyBinding>(d));
+        }
         "IPAddressPool" => drop(typed::<IPAddressPool>(d)),
         "L2Advertisement" => drop(typed::<L2Advertisement>(d)),
         other => panic!("{d}: kind {other} has no typed check; add it"),
@@ -577,6 +594,8 @@ fn rbac_is_least_privilege_and_names_real_resources() {
         ("ferrolb.io", "l2advertisements/status", "patch"),
         ("coordination.k8s.io", "leases", "create"),
         ("coordination.k8s.io", "leases", "update"),
+        ("coordination.k8s.io", "leases", "watch"),
+        ("ferrolb.io", "nodeannouncements", "watch"),
         ("", "secrets", "create"),
         ("events.k8s.io", "events", "create"),
     ] {
@@ -607,14 +626,14 @@ fn rbac_is_least_privilege_and_names_real_resources() {
     for (group, res, verb) in [
         ("", "nodes", "watch"),
         ("", "services", "watch"),
-        ("", "services/status", "patch"),
         ("discovery.k8s.io", "endpointslices", "watch"),
         ("ferrolb.io", "ipaddresspools", "watch"),
         ("ferrolb.io", "l2advertisements", "watch"),
         ("coordination.k8s.io", "leases", "watch"),
         ("coordination.k8s.io", "leases", "create"),
         ("coordination.k8s.io", "leases", "update"),
-        ("events.k8s.io", "events", "create"),
+        ("ferrolb.io", "nodeannouncements", "create"),
+        ("ferrolb.io", "nodeannouncements", "patch"),
     ] {
         assert!(
             has(&s, group, res, verb),
@@ -629,14 +648,95 @@ fn rbac_is_least_privilege_and_names_real_resources() {
         let write = verbs
             .iter()
             .any(|v| !["get", "list", "watch"].contains(&v.as_str()));
+        // No Service (spec or status) and no Event: a compromised node cannot rewrite
+        // another Service's status or conditions (docs/security.md).
         let may_write = [
-            ("", "services/status"),
             ("coordination.k8s.io", "leases"),
-            ("events.k8s.io", "events"),
+            ("ferrolb.io", "nodeannouncements"),
         ];
         assert!(
             !write || may_write.contains(&(g.as_str(), r.as_str())),
             "speaker writes {g}/{r}: {verbs:?}"
+        );
+    }
+}
+
+/// Every per-node object the speaker may write (its Lease, its NodeAnnouncement) is guarded
+/// by an admission policy (deploy/speaker-policy.yaml) that is bound with Deny, fails
+/// closed, evaluates the speaker's ServiceAccount only and compares the object's name with
+/// the node name bound into its token. tests/k8s/speaker-identity proves it on a real server.
+#[test]
+fn the_speakers_per_node_objects_are_guarded_by_an_admission_policy() {
+    const NODE_NAME: &str = "request.userInfo.extra['authentication.kubernetes.io/node-name']";
+    let docs = installed();
+    let speaker = format!("system:serviceaccount:{NAMESPACE}:ferrolb-speaker");
+    let bindings: Vec<ValidatingAdmissionPolicyBinding> = docs
+        .iter()
+        .filter(|d| d.kind() == "ValidatingAdmissionPolicyBinding")
+        .map(typed)
+        .collect();
+    let s = grants(&docs, "ferrolb-speaker");
+    for (group, resource) in [
+        ("coordination.k8s.io", "leases"),
+        ("ferrolb.io", "nodeannouncements"),
+    ] {
+        let writes = s.iter().any(|((g, r, _), verbs)| {
+            g == group
+                && r == resource
+                && verbs
+                    .iter()
+                    .any(|v| !["get", "list", "watch"].contains(&v.as_str()))
+        });
+        assert!(writes, "the speaker no longer writes {group}/{resource}?");
+        let guards: Vec<(&Doc, ValidatingAdmissionPolicy)> = docs
+            .iter()
+            .filter(|d| d.kind() == "ValidatingAdmissionPolicy")
+            .map(|d| (d, typed::<ValidatingAdmissionPolicy>(d)))
+            .filter(|(_, p)| {
+                let rules = p.spec.as_ref().and_then(|s| s.match_constraints.as_ref());
+                rules
+                    .and_then(|m| m.resource_rules.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .any(|r| {
+                        r.api_groups.iter().flatten().any(|g| g == group)
+                            && r.resources.iter().flatten().any(|x| x == resource)
+                            && ["CREATE", "UPDATE"]
+                                .iter()
+                                .all(|op| r.operations.iter().flatten().any(|o| o == op))
+                    })
+            })
+            .collect();
+        assert_eq!(guards.len(), 1, "one policy guards {group}/{resource}");
+        let (d, policy) = &guards[0];
+        let spec = policy.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.failure_policy.as_deref(),
+            Some("Fail"),
+            "{d}: fail closed"
+        );
+        let conditions = spec.match_conditions.as_deref().unwrap_or_default();
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c.expression == format!("request.userInfo.username == '{speaker}'")),
+            "{d}: must evaluate exactly the speaker's ServiceAccount ({speaker})"
+        );
+        let cel = serde_json::to_string(&d.value["spec"]).unwrap();
+        assert!(
+            cel.contains(NODE_NAME),
+            "{d}: must compare with the node name bound into the token"
+        );
+        let name = d.name();
+        assert!(
+            bindings.iter().any(|b| {
+                let bs = b.spec.as_ref().unwrap();
+                bs.policy_name.as_deref() == Some(name)
+                    && bs.validation_actions.as_deref() == Some(&["Deny".to_owned()][..])
+                    && bs.match_resources.is_none()
+                    && bs.param_ref.is_none()
+            }),
+            "{d}: needs a binding with validationActions [Deny] and no narrowing"
         );
     }
 }
