@@ -14,6 +14,7 @@
 //! [`world`] decisions, the liveness detector and codec. Glue: this module, [`dataplane`]
 //! sockets and netlink, [`liveness::udp`], [`membership`].
 
+mod cache;
 pub mod core;
 pub mod dataplane;
 pub mod liveness;
@@ -23,7 +24,7 @@ pub mod status;
 pub mod wire;
 pub mod world;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,13 +34,13 @@ use futures::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, Resource};
+use kube::runtime::watcher;
+use kube::{Api, Client};
 use tokio::sync::watch;
 
-use ferrolb_ops::relist::{Op, Relist};
 use kube::runtime::WatchStreamExt;
 
+use crate::cache::{Cache, Caches, Change, LeaseClock};
 use crate::dataplane::{DataPlane, DataPlaneConfig, LinkWatcher};
 use crate::metrics::Metrics;
 
@@ -64,221 +65,6 @@ pub struct Config {
     pub advertise: SocketAddr,
     /// Data-plane tunables.
     pub dataplane: DataPlaneConfig,
-}
-
-/// Every watched kind, as one stream item (moved once, so the size spread is harmless).
-#[allow(clippy::large_enum_variant)]
-enum Change {
-    Node(Event<Node>),
-    Service(Event<Service>),
-    Slice(Event<EndpointSlice>),
-    Pool(Event<IPAddressPool>),
-    Advertisement(Event<L2Advertisement>),
-    Lease(Event<Lease>),
-}
-
-/// A cache of one kind keyed by `ns/name`, replaced whole when a re-list completes.
-struct Cache<K> {
-    items: BTreeMap<String, K>,
-    relist: Relist<K>,
-    synced: bool,
-}
-
-impl<K: Resource> Cache<K> {
-    fn new() -> Self {
-        Self {
-            items: BTreeMap::new(),
-            relist: Relist::default(),
-            synced: false,
-        }
-    }
-
-    fn key(o: &K) -> String {
-        let m = o.meta();
-        match &m.namespace {
-            Some(ns) => format!("{ns}/{}", m.name.as_deref().unwrap_or_default()),
-            None => m.name.clone().unwrap_or_default(),
-        }
-    }
-
-    /// Applies a watcher event; true when the cache changed.
-    fn apply(&mut self, ev: Event<K>) -> bool {
-        match self.relist.fold(ev) {
-            Op::Wait => false,
-            Op::Reset(list) => {
-                self.items = list.into_iter().map(|o| (Self::key(&o), o)).collect();
-                self.synced = true;
-                true
-            }
-            Op::Apply(o) => {
-                self.items.insert(Self::key(&o), o);
-                true
-            }
-            Op::Delete(o) => self.items.remove(&Self::key(&o)).is_some(),
-        }
-    }
-}
-
-/// Everything watched.
-struct Caches {
-    /// Pools as last parsed successfully: an edit that breaks a pool's addresses keeps
-    /// its IPs announced, as the controller keeps them assigned.
-    good_pools: BTreeMap<String, core::Pool>,
-    nodes: Cache<Node>,
-    services: Cache<Service>,
-    slices: Cache<EndpointSlice>,
-    pools: Cache<IPAddressPool>,
-    advertisements: Cache<L2Advertisement>,
-    leases: Cache<Lease>,
-}
-
-impl Caches {
-    fn synced(&self) -> bool {
-        self.nodes.synced
-            && self.services.synced
-            && self.slices.synced
-            && self.pools.synced
-            && self.advertisements.synced
-            && self.leases.synced
-    }
-
-    fn apply(&mut self, c: Change) -> bool {
-        match c {
-            Change::Node(e) => self.nodes.apply(e),
-            Change::Service(e) => self.services.apply(e),
-            Change::Slice(e) => self.slices.apply(e),
-            Change::Pool(e) => {
-                let changed = self.pools.apply(e);
-                if changed {
-                    let mut good = BTreeMap::new();
-                    for (name, p) in &self.pools.items {
-                        match world::pool(p).or_else(|| self.good_pools.get(name).cloned()) {
-                            Some(parsed) => {
-                                good.insert(name.clone(), parsed);
-                            }
-                            None => {
-                                tracing::warn!(pool = %name, "pool addresses invalid; nothing to announce from it")
-                            }
-                        }
-                    }
-                    self.good_pools = good;
-                }
-                changed
-            }
-            Change::Advertisement(e) => self.advertisements.apply(e),
-            Change::Lease(e) => self.leases.apply(e),
-        }
-    }
-
-    /// The core's view, given the speakers that may announce.
-    fn world(
-        &self,
-        alive: &liveness::AliveView,
-        lb_class: &str,
-        ignore_exclude_lb: bool,
-    ) -> core::World {
-        let mut w = core::World {
-            ignore_exclude_lb,
-            ..Default::default()
-        };
-        for n in self.nodes.items.values() {
-            w.apply_node(world::node(n));
-        }
-        for (node, live) in alive {
-            w.apply_speaker(core::Speaker {
-                node: node.clone(),
-                interfaces: live.interfaces.clone(),
-                settling: live.settling,
-            });
-        }
-        for p in self.good_pools.values() {
-            w.apply_pool(p.clone());
-        }
-        for a in self.advertisements.items.values() {
-            match world::advertisement(a) {
-                Ok(a) => w.apply_advertisement(a),
-                Err(e) => tracing::debug!(error = %e, "ignoring invalid L2Advertisement"),
-            }
-        }
-        let mut slices: HashMap<String, Vec<&EndpointSlice>> = HashMap::new();
-        for s in self.slices.items.values() {
-            if let Some(k) = world::slice_service_key(s) {
-                slices.entry(k).or_default().push(s);
-            }
-        }
-        for (key, s) in &self.services.items {
-            let mine = slices.get(key).map(Vec::as_slice).unwrap_or_default();
-            if let Some(svc) = world::service(s, lb_class, mine.iter().copied()) {
-                w.apply_service(svc);
-            }
-        }
-        w
-    }
-}
-
-/// When this speaker saw each speaker Lease renewed, on its own clock: a Lease is fresh
-/// while its last renewal was seen less than its duration ago. Comparing a peer's
-/// renewTime with our wall clock would make a skewed clock look like a dead peer.
-#[derive(Default)]
-struct LeaseClock {
-    /// Lease name → (renewTime as written, when we saw it change).
-    seen: HashMap<String, (Option<String>, tokio::time::Instant)>,
-}
-
-impl LeaseClock {
-    /// Notes the renewals in `leases` at `now`, forgetting Leases that are gone.
-    fn observe<'a>(
-        &mut self,
-        leases: impl IntoIterator<Item = &'a Lease>,
-        now: tokio::time::Instant,
-    ) {
-        let mut next = HashMap::new();
-        for l in leases {
-            let name = l.metadata.name.clone().unwrap_or_default();
-            let renew = l
-                .spec
-                .as_ref()
-                .and_then(|s| s.renew_time.as_ref())
-                .map(|t| t.0.to_string());
-            let at = match self.seen.remove(&name) {
-                Some((old, at)) if old == renew => at,
-                _ => now,
-            };
-            next.insert(name, (renew, at));
-        }
-        self.seen = next;
-    }
-
-    /// The peers of `leases`, each marked fresh or stale at `now`.
-    fn peers<'a>(
-        &self,
-        leases: impl IntoIterator<Item = &'a Lease> + Clone,
-        me: &str,
-        now: tokio::time::Instant,
-    ) -> BTreeMap<String, liveness::PeerAddr> {
-        let durations: HashMap<String, Duration> = leases
-            .clone()
-            .into_iter()
-            .filter_map(|l| {
-                let secs = l.spec.as_ref()?.lease_duration_seconds?;
-                let name = l.metadata.name.clone()?;
-                Some((name, Duration::from_secs(u64::try_from(secs).unwrap_or(0))))
-            })
-            .collect();
-        let mut peers = world::peers(leases, me);
-        for (node, p) in &mut peers {
-            let name = format!("{}{node}", world::LEASE_PREFIX);
-            let duration = durations
-                .get(&name)
-                .copied()
-                .unwrap_or(Duration::from_secs(90));
-            p.fresh = self
-                .seen
-                .get(&name)
-                .is_some_and(|(_, at)| now.saturating_duration_since(*at) < duration);
-        }
-        peers
-    }
 }
 
 /// Runs the speaker until `stop` becomes true, then hands its IPs over: peers are told
