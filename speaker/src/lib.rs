@@ -21,10 +21,11 @@ pub mod liveness;
 pub mod membership;
 pub mod metrics;
 pub mod status;
+pub mod step;
 pub mod wire;
 pub mod world;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,12 +183,9 @@ pub async fn run(
     let mut peers: BTreeMap<String, liveness::PeerAddr> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut announced: BTreeMap<std::net::IpAddr, BTreeSet<String>> = BTreeMap::new();
-    // A starting speaker may hear some peers before others; acting on a partial view
-    // would elect itself for IPs a peer not yet heard holds. It waits one heartbeat
-    // timeout (plus an interval) after its caches synced.
-    let mut warm_at: Option<tokio::time::Instant> = None;
-    let mut last_alive = liveness::AliveView::new();
+    // The decisions (warm-up, election, takeover, announce again, report): step.rs.
+    let mut decider = step::Decider::new(me.clone(), incarnation, config.liveness.warmup());
+    let mut wake_at: Option<tokio::time::Instant> = None;
 
     let mut lease_clock = LeaseClock::default();
     loop {
@@ -235,7 +233,7 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => lease_check = true,
-            _ = sleep_until(warm_at), if warm_at.is_some_and(|t| t > tokio::time::Instant::now()) => {}
+            _ = sleep_until(wake_at), if wake_at.is_some_and(|t| t > tokio::time::Instant::now()) => {}
             r = stop.changed() => {
                 if r.is_err() || *stop.borrow() { break }
             }
@@ -248,60 +246,46 @@ pub async fn run(
             );
             peers_tx.send_if_modified(|old| std::mem::replace(old, peers.clone()) != peers);
         }
-        let ready = caches.synced() && answer_rx.borrow().is_ok();
-        ready_tx.send_if_modified(|old| std::mem::replace(old, ready) != ready);
-        if !caches.synced() {
-            continue;
-        }
-        let warm =
-            *warm_at.get_or_insert_with(|| tokio::time::Instant::now() + config.liveness.warmup());
-        if tokio::time::Instant::now() < warm {
-            continue;
-        }
         let started = tokio::time::Instant::now();
         let alive = alive_rx.borrow_and_update().clone();
-        // A peer came back (a partition healed, or it restarted): while it was away,
-        // clients may have learned its MAC, or another's, for IPs we keep. Announce ours again.
-        let rejoined = rejoined_after_isolation
-            || (alive.keys().any(|n| !last_alive.contains_key(n)) && !last_alive.is_empty());
-        last_alive = alive.clone();
-        let world = caches.world(&alive, &config.lb_class, config.ignore_exclude_lb);
-        let table = core::desired(&world);
-        let local = core::local_announcements(&table, &me);
-        if local != announced {
-            let gained = local
-                .keys()
-                .filter(|ip| !announced.contains_key(ip))
-                .count();
-            let lost = announced
-                .keys()
-                .filter(|ip| !local.contains_key(ip))
-                .count();
+        let world = caches
+            .synced()
+            .then(|| caches.world(&alive, &config.lb_class, config.ignore_exclude_lb));
+        let acts = decider.step(
+            &step::Inputs {
+                synced: caches.synced(),
+                can_answer: answer_rx.borrow().is_ok(),
+                world: world.as_ref(),
+                alive: &alive,
+                not_serving: serving,
+                peers: &peers,
+                alive_changed,
+                rejoined_after_isolation,
+            },
+            started.into_std(),
+        );
+        ready_tx.send_if_modified(|old| std::mem::replace(old, acts.ready) != acts.ready);
+        wake_at = acts.wake_at.map(tokio::time::Instant::from_std);
+        if let Some(want) = acts.announce {
+            let total = want.len();
             let p = plane.clone();
-            let want = local.clone();
             tokio::task::spawn_blocking(move || p.set_announcements(want)).await?;
-            tracing::info!(gained, lost, total = local.len(), "announcements changed");
-            if alive_changed && gained > 0 {
-                metrics.takeover(gained as u64, started.elapsed());
+            tracing::info!(gained = acts.gained, lost = acts.lost, total, "announcements changed");
+            if acts.takeover {
+                metrics.takeover(acts.gained as u64, started.elapsed());
             }
-            announced = local;
         }
-        if rejoined && !announced.is_empty() {
+        if acts.announce_again {
             let p = plane.clone();
             tokio::task::spawn_blocking(move || p.announce_again()).await?;
-            tracing::info!(total = announced.len(), "a peer rejoined; announcing again");
+            tracing::info!(total = decider.announced().len(), "a peer rejoined; announcing again");
         }
-        metrics.set_table(&table, &me);
-        let housekeeper = alive.keys().next().is_some_and(|n| *n == me);
-        // Known speakers (fresh Leases) we do not count as serving: the controller reads
-        // this to discount a crashed node's stale report of what it announced.
-        let down: BTreeMap<String, u64> = peers
-            .iter()
-            .filter(|(node, p)| p.fresh && !alive.contains_key(*node))
-            .filter_map(|(node, p)| Some((node.clone(), p.incarnation?)))
-            .collect();
-        let report = status::report(&table, &me, housekeeper, incarnation, serving, &down);
-        report_tx.send_if_modified(|old| std::mem::replace(old, report.clone()) != report);
+        if let Some(table) = &acts.table {
+            metrics.set_table(table, &me);
+        }
+        if let Some(report) = acts.report {
+            report_tx.send_replace(report);
+        }
     }
 
     tracing::info!("stopping: handing announcements over");
@@ -313,7 +297,7 @@ pub async fn run(
     tokio::task::spawn_blocking(move || p.set_announcements(Default::default())).await?;
     live.leave().await;
     // Say so in this node's report (bounded: the API server may be what is failing).
-    let leaving = status::leaving(incarnation);
+    let leaving = decider.leaving();
     report_tx.send_replace(leaving.clone());
     let wrote = tokio::time::timeout(
         Duration::from_secs(2),
