@@ -1,6 +1,7 @@
 //! Issue 9's lab scenarios: speakers' heartbeats failing the way a real LAN fails them
 //! (a host firewall on UDP 7473, one direction only, A↮B with both hearing C, a wrong
-//! heartbeat key, speaker Leases deleted, a flapping node). The rule each one checks:
+//! heartbeat key, a key rotation on every node, speaker Leases deleted, a flapping node, a
+//! speaker that cannot open a responder). The rule each one checks:
 //! **at most one node answers for an IP, always, and exactly one once things settle** (a
 //! moment with none is better than a moment with two).
 //!
@@ -969,4 +970,104 @@ fn pairs(nodes: &[String]) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// The documented three-rollout key rotation (docs/failover.md), on every node in turn:
+/// `{key: K1, accept: K2}`, then `{key: K2, accept: K1}`, then `{key: K2}`, each speaker
+/// restarted one after the other and waited for. No sweep may see two answerers for an IP,
+/// and the lab ends with exactly one per IP.
+#[test]
+fn key_rotation_across_all_nodes_never_doubles_an_ip() {
+    let mut sc = Scene::start();
+    let dir = sc.lab.dir().to_path_buf();
+    let k1 = std::fs::read_to_string(dir.join("liveness.key"))
+        .expect("the lab's key")
+        .trim()
+        .to_string();
+    let k2 = "rotated-heartbeat-key-0123456789abcdef".to_string();
+    let nodes = node_names(&sc.lab);
+    let sweeper = sc.sweeper();
+    let t0 = Instant::now();
+    let rollouts = [
+        ("1: sign K1, accept K2", k1.clone(), Some(k2.clone())),
+        ("2: sign K2, accept K1", k2.clone(), Some(k1.clone())),
+        ("3: sign K2 only", k2.clone(), None),
+    ];
+    for (label, key, accept) in rollouts {
+        for n in &nodes {
+            let extra_args = match &accept {
+                Some(a) => {
+                    let path = dir.join(format!("accept-{n}.key"));
+                    std::fs::write(&path, format!("{a}\n")).expect("accept key file");
+                    vec![
+                        "--liveness-accept-key-file".to_string(),
+                        path.display().to_string(),
+                    ]
+                }
+                None => Vec::new(),
+            };
+            sc.lab
+                .set_speaker_override(
+                    n,
+                    SpeakerOverride {
+                        key: Some(key.clone()),
+                        extra_args,
+                    },
+                )
+                .expect("override");
+            sc.lab.restart_speaker(n).expect("restart, ready");
+        }
+        println!("rollout {label}: done at +{}", ms(t0.elapsed()));
+    }
+    let t_end = Instant::now();
+    sweeper.wait_stable(t_end, STABLE, Duration::from_secs(20), &one_each);
+    let phase = Phase::new("key rotated on every node", &sc.ips, t0, sweeper.stop());
+    phase.print(&one_each);
+    phase.assert_never_two();
+    phase.assert_settled("\"exactly one answerer per IP\"", &one_each);
+}
+
+/// A speaker that cannot open a responder on any interface (here: every interface it has
+/// excluded, so no socket can answer ARP/NDP) is not ready and not eligible: its peers
+/// take its IPs, it answers none, and it stays so.
+#[test]
+fn a_speaker_whose_responders_cannot_open_stays_ineligible() {
+    let mut sc = Scene::start();
+    let odd = sc.busiest();
+    println!(
+        "{odd} (answered {} of {} IPs) restarts with no interface it may answer on",
+        sc.owned_by(&odd),
+        sc.ips.len()
+    );
+    sc.lab
+        .set_speaker_override(
+            &odd,
+            SpeakerOverride {
+                extra_args: vec!["--exclude-interfaces".into(), "eth*,lo".into()],
+                ..Default::default()
+            },
+        )
+        .expect("override");
+    let sweeper = sc.sweeper();
+    let t_fault = Instant::now();
+    sc.lab
+        .restart_speaker_unready(&odd)
+        .expect("restart without interfaces");
+    let t0 = Instant::now();
+    let odd2 = odd.clone();
+    let silent_odd = move |v: &[Vec<String>]| one_each(v) && v.iter().all(|a| !a.contains(&odd2));
+    sweeper.wait_stable(t0, OBSERVE_MIN, Duration::from_secs(20), &silent_odd);
+    assert!(
+        !sc.lab.speaker_ready(&odd),
+        "{odd}'s speaker reports ready with no usable interface"
+    );
+    let sweeps = sweeper.stop();
+    print_restart_window(&sc.ips, &sweeps, t_fault, t0);
+    let phase = Phase::new(&format!("{odd} cannot answer"), &sc.ips, t0, sweeps);
+    phase.print(&silent_odd);
+    phase.assert_never_two();
+    phase.assert_settled(
+        &format!("\"exactly one answerer per IP, and {odd} none\""),
+        &silent_odd,
+    );
 }
