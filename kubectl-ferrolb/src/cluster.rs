@@ -83,6 +83,11 @@ pub async fn snapshot(
             "leases",
         )
         .await?,
+        reports: list(
+            Api::<ferrolb_crds::NodeAnnouncement>::all(c.clone()),
+            "nodeannouncements.ferrolb.io",
+        )
+        .await?,
         slices: match slices_namespace {
             Some(ns) => list(Api::<EndpointSlice>::namespaced(c, ns), "endpointslices").await?,
             None => Vec::new(),

@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub nodes: Vec<Node>,
     /// Leases in the speakers' namespace (`ferrolb-speaker-<node>` ones are used).
     pub leases: Vec<Lease>,
+    /// Every node's speaker report (`NodeAnnouncement`).
+    pub reports: Vec<ferrolb_crds::NodeAnnouncement>,
     /// EndpointSlices (for `explain`, at least the explained Service's).
     pub slices: Vec<EndpointSlice>,
     /// The `loadBalancerClass` FerroLB serves (besides Services with none).

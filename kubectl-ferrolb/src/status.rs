@@ -28,6 +28,44 @@ pub struct StatusReport {
     pub ips: Vec<IpView>,
     /// Services FerroLB serves that have no IP yet.
     pub pending: Vec<PendingView>,
+    /// Every node's speaker, from its NodeAnnouncement.
+    pub speakers: Vec<SpeakerView>,
+}
+
+/// One node's speaker as its own report says.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpeakerView {
+    /// Node name.
+    pub node: String,
+    /// Takes part in elections.
+    pub serving: bool,
+    /// Why not (`HearNobody`, `NobodyHearsUs`, `NotReady`, `ShuttingDown`).
+    pub reason: Option<String>,
+    /// How many IPs it says it announces.
+    pub announces: usize,
+    /// Known speakers it counts out (not heard, or not serving), by node.
+    pub counts_out: Vec<String>,
+}
+
+fn speaker_view(r: &ferrolb_crds::NodeAnnouncement) -> SpeakerView {
+    let node = r.metadata.name.clone().unwrap_or_default();
+    let announces = r
+        .spec
+        .services
+        .iter()
+        .flat_map(|s| &s.ips)
+        .filter(|i| i.node.as_deref() == Some(node.as_str()))
+        .map(|i| i.ip.as_str())
+        .collect::<BTreeSet<_>>()
+        .len();
+    SpeakerView {
+        serving: r.spec.serving,
+        reason: r.spec.reason.clone(),
+        announces,
+        counts_out: r.spec.down.iter().map(|d| d.node.clone()).collect(),
+        node,
+    }
 }
 
 /// One pool's usage and health.
@@ -91,6 +129,8 @@ pub struct PendingView {
 
 /// Builds the report from what the cluster shows.
 pub fn report(snap: &Snapshot) -> StatusReport {
+    let mut speakers: Vec<SpeakerView> = snap.reports.iter().map(speaker_view).collect();
+    speakers.sort_by(|a, b| a.node.cmp(&b.node));
     let mut pools: Vec<PoolView> = snap.pools.iter().map(pool_view).collect();
     pools.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -158,6 +198,7 @@ pub fn report(snap: &Snapshot) -> StatusReport {
         pools,
         ips,
         pending,
+        speakers,
     }
 }
 
@@ -286,6 +327,28 @@ pub fn render(r: &StatusReport, now: Timestamp) -> String {
             .collect();
         out.push_str(&table(&["SERVICE", "REASON", "FOR", "MESSAGE"], &rows));
     }
+    out.push_str("\nSPEAKERS (NodeAnnouncements)\n");
+    if r.speakers.is_empty() {
+        out.push_str("(none: no speaker has reported; are the speakers running?)\n");
+    } else {
+        let rows: Vec<Vec<String>> = r
+            .speakers
+            .iter()
+            .map(|s| {
+                vec![
+                    s.node.clone(),
+                    s.serving.to_string(),
+                    s.announces.to_string(),
+                    or_dash(&s.counts_out.join(",")),
+                    s.reason.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["NODE", "SERVING", "ANNOUNCES", "COUNTS OUT", "WHY NOT"],
+            &rows,
+        ));
+    }
     out
 }
 
@@ -340,6 +403,76 @@ mod tests {
             lb_class: ferrolb_crds::DEFAULT_LB_CLASS.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn speakers_are_listed_from_their_reports() {
+        use ferrolb_crds::{
+            IpReport, NodeAnnouncement, NodeAnnouncementSpec, PeerIncarnation, ServiceReport,
+        };
+        let mut snap = snapshot();
+        let mut a = NodeAnnouncement::new(
+            "n1",
+            NodeAnnouncementSpec {
+                incarnation: "1".into(),
+                serving: true,
+                services: vec![ServiceReport {
+                    service: "default/web".into(),
+                    ips: vec![
+                        IpReport {
+                            ip: "203.0.113.1".into(),
+                            node: Some("n1".into()),
+                            ..Default::default()
+                        },
+                        IpReport {
+                            ip: "2001:db8::1".into(),
+                            node: Some("n2".into()),
+                            ..Default::default()
+                        },
+                    ],
+                }],
+                down: vec![PeerIncarnation {
+                    node: "n3".into(),
+                    incarnation: "9".into(),
+                }],
+                ..Default::default()
+            },
+        );
+        a.metadata.name = Some("n1".into());
+        let mut b = NodeAnnouncement::new(
+            "n2",
+            NodeAnnouncementSpec {
+                incarnation: "2".into(),
+                reason: Some("HearNobody".into()),
+                ..Default::default()
+            },
+        );
+        b.metadata.name = Some("n2".into());
+        snap.reports = vec![b, a];
+        let r = report(&snap);
+        assert_eq!(
+            r.speakers,
+            [
+                SpeakerView {
+                    node: "n1".into(),
+                    serving: true,
+                    reason: None,
+                    announces: 1,
+                    counts_out: vec!["n3".into()],
+                },
+                SpeakerView {
+                    node: "n2".into(),
+                    serving: false,
+                    reason: Some("HearNobody".into()),
+                    announces: 0,
+                    counts_out: vec![],
+                }
+            ]
+        );
+        let text = render(&r, Timestamp::from_second(1_735_732_800).unwrap());
+        assert!(text.contains("SPEAKERS"), "{text}");
+        let n2 = text.lines().find(|l| l.starts_with("n2 ")).unwrap();
+        assert!(n2.contains("false") && n2.contains("HearNobody"), "{n2}");
     }
 
     #[test]

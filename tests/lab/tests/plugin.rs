@@ -70,6 +70,23 @@ fn status_and_explain_name_the_node_that_answers() {
         );
     }
 
+    // Every node's speaker reports itself serving, and the answering node announces both IPs.
+    let speakers = status
+        .split("SPEAKERS")
+        .nth(1)
+        .unwrap_or_else(|| panic!("status lists the speakers:\n{status}"));
+    for n in lab.nodes() {
+        let row = speakers
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(n.name.as_str()))
+            .unwrap_or_else(|| panic!("no SPEAKERS row for {}:\n{status}", n.name));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols[1], "true", "{} serves: {row}", n.name);
+        if n.name == node {
+            assert_eq!(cols[2], "2", "{node} announces both IPs: {row}");
+        }
+    }
+
     let explain = plugin(&lab, &["explain", "svc/web", "-n", "default"]);
     println!("$ kubectl ferrolb explain svc/web -n default\n{explain}");
     assert!(
