@@ -294,10 +294,7 @@ async fn status_explain_and_migrate_on_a_real_api_server() {
 
     // FerroLB's CRDs as deployed.
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    for f in [
-        "ferrolb.io_ipaddresspools.yaml",
-        "ferrolb.io_l2advertisements.yaml",
-    ] {
+    for (f, _) in ferrolb_crds::crds() {
         let text = std::fs::read_to_string(format!("{root}/deploy/crds/{f}")).expect("CRD file");
         apply_crds(&c, &text).await;
     }
