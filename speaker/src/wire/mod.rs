@@ -78,6 +78,9 @@ pub enum WireError {
     /// The NDP target address is multicast (RFC 4861 §7.1.1, §7.1.2).
     #[error("NDP target is a multicast address")]
     MulticastTarget,
+    /// The IPv6 source address is multicast (RFC 4291 §2.7: never a source).
+    #[error("IPv6 source is a multicast address")]
+    MulticastSource,
     /// A solicitation from `::` carries a source link-layer address option (RFC 4861 §7.1.1).
     #[error("solicitation from :: carries a source link-layer address")]
     UnspecifiedSourceWithLladdr,
@@ -124,6 +127,7 @@ impl WireError {
             WireError::IcmpType(_) => "icmp_type",
             WireError::IcmpCode(_) => "icmp_code",
             WireError::MulticastTarget => "multicast_target",
+            WireError::MulticastSource => "multicast_source",
             WireError::UnspecifiedSourceWithLladdr => "unspecified_source_with_lladdr",
             WireError::UnspecifiedSourceNotSolicitedNode => "unspecified_source_not_solicited_node",
             WireError::SolicitedToMulticast => "solicited_to_multicast",

@@ -272,6 +272,11 @@ impl NeighborSolicitRepr {
         if target.is_multicast() {
             return Err(WireError::MulticastTarget);
         }
+        // RFC 4291 §2.7: never a source. Answering would send a solicited advertisement to a
+        // multicast address, which RFC 4861 §7.1.2 makes invalid (found by fuzzing).
+        if f.src_ip.is_multicast() {
+            return Err(WireError::MulticastSource);
+        }
         let source_lladdr = find_lladdr_option(&f.icmp[NDP_BODY_LEN..], OPT_SOURCE_LLADDR)?;
         if f.src_ip.is_unspecified() {
             if source_lladdr.is_some() {
@@ -661,6 +666,11 @@ mod tests {
         assert_eq!(
             parse(&patched(&ok, 62, &[0xff, 0x02])),
             Err(WireError::MulticastTarget)
+        );
+        // A multicast source (found by fuzzing: it was answered to a multicast address).
+        assert_eq!(
+            parse(&patched(&ok, 22, &[0xff, 0x02])),
+            Err(WireError::MulticastSource)
         );
         assert_eq!(
             parse(&patched(&ok, 79, &[0])),
