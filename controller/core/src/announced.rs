@@ -137,12 +137,23 @@ impl<'a> Fold<'a> {
             if self.any_serving() || !self.speakers_known {
                 return Verdict::Unknown;
             }
+            // Say why each reporting speaker does not serve (cut off, not ready, leaving).
+            let why: Vec<String> = self
+                .counted
+                .iter()
+                .map(|(n, r)| format!("{n}: {}", r.reason.as_deref().unwrap_or("not serving")))
+                .collect();
+            let message = if why.is_empty() {
+                "no speaker is serving: none reports, or every report is stale \
+                 (are the speakers running?)"
+                    .to_string()
+            } else {
+                format!("no speaker is serving ({})", why.join(", "))
+            };
             return Verdict::Set {
                 status: false,
                 reason: NO_SPEAKER.into(),
-                message: "no speaker is serving: none reports, or every report is stale \
-                          (are the speakers running?)"
-                    .into(),
+                message,
                 holder: None,
             };
         }

@@ -232,6 +232,28 @@ fn a_cut_off_speaker_counts_nobody_out() {
     );
 }
 
+/// Every speaker cut off: the condition says so, naming each one's cause.
+#[test]
+fn when_no_speaker_serves_the_condition_names_each_ones_cause() {
+    let r = reports(vec![
+        ("n1", report("1", false, vec![])),
+        ("n2", {
+            let mut r = report("2", false, vec![]);
+            r.reason = Some("NobodyHearsUs".into());
+            r
+        }),
+    ]);
+    let f = Fold::new(&r, &fresh(&[("n1", "1"), ("n2", "2")]));
+    assert_eq!(
+        set(&f.verdict("ns/web")),
+        (
+            false,
+            NO_SPEAKER,
+            "no speaker is serving (n1: HearNobody, n2: NobodyHearsUs)"
+        )
+    );
+}
+
 #[test]
 fn reports_without_a_fresh_lease_do_not_count() {
     let r = reports(vec![(
