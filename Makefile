@@ -46,6 +46,33 @@ crds: ## Regenerate deploy/crds from the Rust types
 crds-check: crds ## Fail when deploy/crds differs from the Rust types
 	git diff --exit-code -- deploy/crds
 
+# Fuzzing (fuzz/, cargo-fuzz on stable Rust: `--sanitizer none` needs no nightly flag, and
+# the parsers are safe Rust, which AddressSanitizer would add nothing to). Each target starts
+# from its committed seeds (fuzz/corpus/<target>, read only) and writes what it finds to
+# fuzz/target/corpus/<target>; a crash stops the run and lands in fuzz/artifacts/<target>/.
+FUZZ_SECONDS ?= 30
+FUZZ_BUILD := --sanitizer none --debug-assertions
+FUZZ_ARGS := -max_len=1600 -timeout=10 -print_final_stats=1
+fuzz: ## Build the fuzz targets, run each for FUZZ_SECONDS (default 30) (needs cargo-fuzz)
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || { echo "cargo-fuzz not found: cargo install cargo-fuzz --locked" >&2; exit 1; }
+	cd fuzz && $(CARGO) fuzz build $(FUZZ_BUILD)
+	@cd fuzz && mkdir -p target/logs && summary= && targets=$$($(CARGO) fuzz list) && \
+	{ [ -n "$$targets" ] || { echo "FAIL: cargo fuzz list found no fuzz target" >&2; exit 1; }; } && \
+	for t in $$targets; do \
+		mkdir -p target/corpus/$$t; log=target/logs/$$t.log; \
+		echo "--- fuzz $$t for $(FUZZ_SECONDS) s (log: fuzz/$$log)"; \
+		if ! $(CARGO) fuzz run $(FUZZ_BUILD) $$t target/corpus/$$t corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) $(FUZZ_ARGS) >$$log 2>&1; then \
+			grep -q 'panicked at' $$log && sed -n '/panicked at/,$$p' $$log | head -n 100 || tail -n 60 $$log; \
+			echo "FAIL: fuzz target $$t failed (crash, timeout or out of memory); reproducer: fuzz/$$(ls -t artifacts/$$t/* 2>/dev/null | head -1)" >&2; \
+			echo "      (cd fuzz && cargo fuzz run $(FUZZ_BUILD) $$t <reproducer>) replays it" >&2; \
+			exit 1; \
+		fi; \
+		execs=$$(sed -n 's/^stat::number_of_executed_units: *//p' $$log); \
+		rate=$$(sed -n 's/^stat::average_exec_per_sec: *//p' $$log); \
+		summary="$$summary$$(printf '  %-20s %12s execs %9s exec/s' $$t $$execs $$rate)\n"; \
+	done && printf "fuzz: %s s per target\n$$summary" $(FUZZ_SECONDS)
+
 bench: ## Allocator and election benchmarks (prints figures)
 	$(CARGO) bench -p ferrolb-controller
 	$(CARGO) bench -p ferrolb-speaker
@@ -56,4 +83,4 @@ demo: build ## Live demo in network namespaces: a pool, a Service, a client, a f
 figures: build ## Lab figures: failover p50/p99, ARP/NDP latency, speaker RSS, API writes (root)
 	$(CARGO) run -q --release -p ferrolb-lab --bin figures
 
-.PHONY: help build test test-k8s test-alerts unit lint fmt-check clippy crds crds-check bench demo figures
+.PHONY: help build test test-k8s test-alerts unit lint fmt-check clippy crds crds-check fuzz bench demo figures
