@@ -39,9 +39,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::watch;
 
-use kube::runtime::WatchStreamExt;
-
-use crate::cache::{Cache, Caches, Change, LeaseClock};
+use crate::cache::{Caches, Change, LeaseClock};
 use crate::dataplane::{DataPlane, DataPlaneConfig, LinkWatcher};
 use crate::metrics::Metrics;
 
@@ -113,55 +111,49 @@ pub async fn run(
         membership::Published {
             heartbeat: config.advertise,
             incarnation: config.liveness.incarnation,
+            pubkey: live.public_key(),
         },
         config.lease_renew,
     );
 
+    // Each object is converted to what the speaker keeps of it as it arrives (cache.rs):
+    // no watched object is held whole, not even while a re-list is buffered. Small list
+    // pages bound what a (re-)list holds at once: a page is parsed whole before its
+    // objects are converted, and a Node with its image list is several KiB.
     let wc = watcher::Config::default();
     let changes = stream::select_all([
-        ferrolb_ops::watch::watch(Api::<Node>::all(client.clone()), wc.clone())
-            .modify(|n: &mut Node| {
-                ferrolb_ops::watch::strip(n);
-                // The node's image list is most of a Node object; nothing here reads it.
-                if let Some(st) = n.status.as_mut() {
-                    st.images = None;
-                }
-            })
-            .map(|r| r.map(Change::Node))
-            .boxed(),
-        ferrolb_ops::watch::watch(Api::<Service>::all(client.clone()), wc.clone())
-            .modify(ferrolb_ops::watch::strip)
-            .map(|r| r.map(Change::Service))
-            .boxed(),
-        ferrolb_ops::watch::watch(Api::<EndpointSlice>::all(client.clone()), wc.clone())
-            .modify(ferrolb_ops::watch::strip)
-            .map(|r| r.map(Change::Slice))
-            .boxed(),
-        ferrolb_ops::watch::watch(Api::<IPAddressPool>::all(client.clone()), wc.clone())
-            .modify(ferrolb_ops::watch::strip)
-            .map(|r| r.map(Change::Pool))
-            .boxed(),
-        ferrolb_ops::watch::watch(Api::<L2Advertisement>::all(client.clone()), wc.clone())
-            .modify(ferrolb_ops::watch::strip)
-            .map(|r| r.map(Change::Advertisement))
+        ferrolb_ops::watch::watch(Api::<Node>::all(client.clone()), wc.clone().page_size(50))
+            .map(|r| r.map(Change::node))
             .boxed(),
         ferrolb_ops::watch::watch(
-            Api::<Lease>::namespaced(client.clone(), &config.lease_namespace),
-            wc,
+            Api::<Service>::all(client.clone()),
+            wc.clone().page_size(100),
         )
-        .map(|r| r.map(Change::Lease))
+        .map(|r| r.map(Change::service))
+        .boxed(),
+        ferrolb_ops::watch::watch(
+            Api::<EndpointSlice>::all(client.clone()),
+            wc.clone().page_size(100),
+        )
+        .map(|r| r.map(Change::slice))
+        .boxed(),
+        ferrolb_ops::watch::watch(Api::<IPAddressPool>::all(client.clone()), wc.clone())
+            .map(|r| r.map(Change::pool))
+            .boxed(),
+        ferrolb_ops::watch::watch(Api::<L2Advertisement>::all(client.clone()), wc.clone())
+            .map(|r| r.map(Change::advertisement))
+            .boxed(),
+        // Speaker Leases only: other Leases in that namespace (leader election, …) renew
+        // every few seconds and concern no speaker.
+        ferrolb_ops::watch::watch(
+            Api::<Lease>::namespaced(client.clone(), &config.lease_namespace),
+            wc.labels(ferrolb_crds::speaker_lease::SELECTOR),
+        )
+        .map(|r| r.map(Change::lease))
         .boxed(),
     ]);
     let mut changes = std::pin::pin!(changes);
-    let mut caches = Caches {
-        good_pools: BTreeMap::new(),
-        nodes: Cache::new(),
-        services: Cache::new(),
-        slices: Cache::new(),
-        pools: Cache::new(),
-        advertisements: Cache::new(),
-        leases: Cache::new(),
-    };
+    let mut caches = Caches::new(&config.lb_class);
 
     // This node's report (NodeAnnouncement); the writer always works on the newest one.
     let incarnation = config.liveness.incarnation;
@@ -248,14 +240,14 @@ pub async fn run(
         }
         let started = tokio::time::Instant::now();
         let alive = alive_rx.borrow_and_update().clone();
-        let world = caches
-            .synced()
-            .then(|| caches.world(&alive, &config.lb_class, config.ignore_exclude_lb));
+        let synced = caches.synced();
+        // The world is kept current event by event (cache.rs); this only sets its speakers.
+        let world = synced.then(|| caches.current_world(&alive, config.ignore_exclude_lb));
         let acts = decider.step(
             &step::Inputs {
-                synced: caches.synced(),
+                synced,
                 can_answer: answer_rx.borrow().is_ok(),
-                world: world.as_ref(),
+                world,
                 alive: &alive,
                 not_serving: serving,
                 peers: &peers,
@@ -270,7 +262,12 @@ pub async fn run(
             let total = want.len();
             let p = plane.clone();
             tokio::task::spawn_blocking(move || p.set_announcements(want)).await?;
-            tracing::info!(gained = acts.gained, lost = acts.lost, total, "announcements changed");
+            tracing::info!(
+                gained = acts.gained,
+                lost = acts.lost,
+                total,
+                "announcements changed"
+            );
             if acts.takeover {
                 metrics.takeover(acts.gained as u64, started.elapsed());
             }
@@ -278,7 +275,10 @@ pub async fn run(
         if acts.announce_again {
             let p = plane.clone();
             tokio::task::spawn_blocking(move || p.announce_again()).await?;
-            tracing::info!(total = decider.announced().len(), "a peer rejoined; announcing again");
+            tracing::info!(
+                total = decider.announced().len(),
+                "a peer rejoined; announcing again"
+            );
         }
         if let Some(table) = &acts.table {
             metrics.set_table(table, &me);

@@ -1,5 +1,8 @@
 //! The speaker's own Lease (`ferrolb-speaker-<node>`): how peers find its heartbeat
-//! address, and how an operator sees which speakers exist (`kubectl get leases`).
+//! address, incarnation and heartbeat public key, and how an operator sees which speakers
+//! exist (`kubectl get leases`). The public key is only as trustworthy as the Lease: each
+//! speaker must be able to write its own Lease only (the ValidatingAdmissionPolicy in
+//! `deploy/`), or a compromised node could publish its key as another node's.
 //!
 //! Liveness itself travels over the heartbeats, so the Lease is renewed only every
 //! `renew` (30 s by default): API writes grow with nodes, never with Services. The Lease
@@ -16,7 +19,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
-use crate::world::{HEARTBEAT_ADDR_ANNOTATION, INCARNATION_ANNOTATION, LEASE_PREFIX};
+use crate::liveness::VerifyingKey;
+use crate::world::{
+    HEARTBEAT_ADDR_ANNOTATION, INCARNATION_ANNOTATION, LEASE_PREFIX, PUBKEY_ANNOTATION,
+    encode_pubkey,
+};
 
 /// Where and as whom this speaker's heartbeats come: what its Lease publishes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +32,9 @@ pub struct Published {
     pub heartbeat: SocketAddr,
     /// This start's incarnation.
     pub incarnation: u64,
+    /// The public half of this start's heartbeat signing key
+    /// ([`crate::liveness::Liveness::public_key`]).
+    pub pubkey: VerifyingKey,
 }
 
 /// The Lease this speaker maintains.
@@ -51,6 +61,7 @@ pub fn lease(
                     INCARNATION_ANNOTATION.into(),
                     published.incarnation.to_string(),
                 ),
+                (PUBKEY_ANNOTATION.into(), encode_pubkey(&published.pubkey)),
             ])),
             owner_references: node_uid.map(|uid| {
                 vec![OwnerReference {
@@ -119,10 +130,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lease_names_the_node_and_publishes_the_heartbeat_address() {
+    fn lease_names_the_node_and_publishes_the_heartbeat_address_and_key() {
+        let pubkey = crate::liveness::SigningKey::from_bytes(&[5; 32]).verifying_key();
         let published = Published {
             heartbeat: "198.51.100.11:7473".parse().unwrap(),
             incarnation: 7,
+            pubkey,
         };
         let l = lease(
             "node1",
@@ -139,6 +152,7 @@ mod tests {
                     addr: published.heartbeat,
                     incarnation: Some(7),
                     fresh: true,
+                    pubkey: Some(pubkey),
                 }
             ))
         );

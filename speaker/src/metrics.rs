@@ -218,6 +218,18 @@ fn counter(
     Ok(())
 }
 
+/// A counter without labels (`name_total v`, not `name_total{} v`).
+fn plain_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c: ConstCounter<u64> = ConstCounter::new(value);
+    let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
 impl Collector for PlaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(live) = self.liveness.get() {
@@ -237,11 +249,13 @@ impl Collector for PlaneCollector {
             )?;
             let rejected: Vec<(Labels, u64)> = [
                 ("bad_tag", c.rejected_bad_tag),
+                ("bad_signature", c.rejected_bad_signature),
                 ("stale", c.rejected_stale),
                 ("malformed", c.rejected_malformed),
                 ("version", c.rejected_version),
                 ("unknown_node", c.rejected_unknown_node),
                 ("unknown_source", c.rejected_unknown_source),
+                ("rate_limited", c.rejected_rate_limited),
             ]
             .into_iter()
             .map(|(r, v)| (vec![("reason".to_string(), r.to_string())], v))
@@ -252,6 +266,17 @@ impl Collector for PlaneCollector {
                 "Heartbeats rejected, by reason (bad_tag = wrong key or forgery)",
                 &rejected,
             )?;
+            let (sum, count, buckets) = c.gap_histogram();
+            encoder
+                .encode_descriptor(
+                    "ferrolb_speaker_heartbeat_gap_seconds",
+                    "Time between two heartbeats received from one peer (above the timeout, it looked dead)",
+                    None,
+                    prometheus_client::metrics::MetricType::Histogram,
+                )?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum, count, &buckets, None,
+                )?;
             counter(
                 &mut encoder,
                 "ferrolb_speaker_peer_deaths",
@@ -297,6 +322,24 @@ impl Collector for PlaneCollector {
             "ferrolb_speaker_send_errors",
             "Frames the socket refused",
             &rows(|c| c.send_errors),
+        )?;
+        counter(
+            &mut encoder,
+            "ferrolb_speaker_receive_errors",
+            "Responder socket read errors other than timeouts (the responder retries after 20 ms)",
+            &rows(|c| c.recv_errors),
+        )?;
+        plain_counter(
+            &mut encoder,
+            "ferrolb_speaker_responder_open_errors",
+            "ARP/NDP responder sockets (or their threads) that could not be opened; the interface stays dark until the next change",
+            s.open_errors,
+        )?;
+        plain_counter(
+            &mut encoder,
+            "ferrolb_speaker_multicast_join_errors",
+            "Solicited-node multicast groups the NDP responder could not join (Neighbor Solicitations for those IPv6 addresses may be filtered by the NIC)",
+            s.join_errors,
         )?;
         let mut drops = Vec::new();
         for (p, c) in protos {
@@ -405,5 +448,28 @@ mod tests {
         }
         m.set_table(&moved, "node1");
         assert_eq!(announced_lines(&encode(&registry)), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn responder_error_counters_are_exported() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.attach_dataplane(Arc::new(DataPlane::new(Default::default())));
+        let text = encode(&registry);
+        for line in [
+            "# TYPE ferrolb_speaker_receive_errors counter",
+            r#"ferrolb_speaker_receive_errors_total{protocol="arp"} 0"#,
+            r#"ferrolb_speaker_receive_errors_total{protocol="ndp"} 0"#,
+            "# TYPE ferrolb_speaker_responder_open_errors counter",
+            "ferrolb_speaker_responder_open_errors_total 0",
+            "# TYPE ferrolb_speaker_multicast_join_errors counter",
+            "ferrolb_speaker_multicast_join_errors_total 0",
+            r#"ferrolb_speaker_drops_total{protocol="arp",reason="vlan_tagged"} 0"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! ```text
 //!  speaker core ──set_announcements(IP → ifaces)──┐      LinkWatcher ──set_links(Links)──┐
 //!                                                 ▼                                      ▼
-//!                                  DataPlane::reconcile ── AnnounceSet (answers, swapped first)
+//!                                  DataPlane::reconcile ── narrow_to_subnets ── AnnounceSet
+//!                                        │                  (answers, swapped first)
 //!                                        │ one worker per (interface, family) that has IPs
 //!                     ┌──────────────────┴──────────────────┐
 //!             worker eth0/arp (thread)             worker eth0/ndp (thread)
@@ -13,10 +14,10 @@
 //!             AnnounceTimer ─▶ gratuitous ARP      solicited-node groups; unsolicited NA
 //! ```
 //!
-//! Decisions are pure ([`responder`], [`schedule`], [`links`] classification); this module
-//! only owns threads and sockets. Withdrawn IPs stop being answered as soon as
-//! `set_announcements` returns; dropping the [`DataPlane`] stops every worker within one
-//! poll interval (50 ms by default).
+//! Decisions are pure ([`responder`], [`schedule`], [`links`] classification and subnet
+//! narrowing, [`socket::responder_filter`]); this module only owns threads and sockets.
+//! Withdrawn IPs stop being answered as soon as `set_announcements` returns; dropping the
+//! [`DataPlane`] stops every worker within one poll interval (50 ms by default).
 
 pub mod links;
 pub mod responder;
@@ -34,7 +35,7 @@ use pnet_datalink::{DataLinkReceiver, DataLinkSender};
 use serde::Serialize;
 use tracing::{debug, info, trace, warn};
 
-pub use links::{DEFAULT_EXCLUDE, LinkInfo, LinkWatcher, Links, usable};
+pub use links::{DEFAULT_EXCLUDE, LinkInfo, LinkWatcher, Links, narrow_to_subnets, usable};
 pub use responder::{AnnounceSet, DropReason, decide_arp, decide_ndp};
 pub use schedule::AnnounceSchedule;
 pub use socket::Family;
@@ -61,7 +62,9 @@ pub fn can_answer(links: &Links) -> Result<(), String> {
     Err(format!("no responder socket opens: {}", errors.join("; ")))
 }
 
-/// The speaker's desired announcements: each IP and the interfaces to announce it on.
+/// The speaker's desired announcements: each IP and the interfaces the election allows
+/// for it on this node (the data plane answers on the one whose subnet holds the IP when
+/// exactly one does: [`narrow_to_subnets`]).
 pub type Announcements = BTreeMap<IpAddr, BTreeSet<String>>;
 
 /// Tunables of the data plane.
@@ -526,26 +529,27 @@ impl DataPlane {
     }
 
     fn reconcile(&self, st: &mut PlaneState) {
-        // 1. Answers first: a withdrawal takes effect before anything else happens.
+        // 1. Each IP only on its on-link interface when exactly one allowed interface has
+        //    it; then which (interface, family) needs a worker, with which IPs.
+        let effective = narrow_to_subnets(&st.desired, &st.links);
+        let wanted = plan_workers(&effective, &st.links);
+
+        // 2. Answers first: a withdrawal takes effect before any socket is touched.
         *self
             .shared
             .answers
             .write()
-            .unwrap_or_else(PoisonError::into_inner) =
-            Arc::new(AnnounceSet::new(st.desired.clone()));
-
-        // 2. Which (interface, family) needs a worker, with which IPs.
-        let wanted = plan_workers(&st.desired, &st.links);
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(AnnounceSet::new(effective));
 
         // 3. Stop workers no longer wanted, whose link changed identity, or that died.
         let keys: Vec<(String, Family)> = st.workers.keys().cloned().collect();
         for key in keys {
-            let link = st.links.get(&key.0).copied();
+            let link = st.links.get(&key.0);
             let worker = &st.workers[&key];
             let keep = wanted.contains_key(&key)
                 && !worker.thread.is_finished()
                 && link.is_some_and(|l| {
-                    let cur = worker.shared.link;
+                    let cur = &worker.shared.link;
                     l.index == cur.index && l.mac == cur.mac
                 });
             if !keep && let Some(w) = st.workers.remove(&key) {
@@ -558,7 +562,7 @@ impl DataPlane {
 
         // 4. Start missing workers, sync the others; re-announce after a carrier flap.
         for (key, ips) in wanted {
-            let link = st.links[&key.0];
+            let link = st.links[&key.0].clone();
             if let Some(w) = st.workers.get_mut(&key) {
                 let flapped = link.carrier_ups != w.link.carrier_ups;
                 w.link = link;
@@ -586,10 +590,11 @@ impl DataPlane {
                 return None;
             }
         };
+        let mac = link.mac;
         let w = Arc::new(WorkerShared {
             name: name.clone(),
             family: *family,
-            link,
+            link: link.clone(),
             stop: AtomicBool::new(false),
             tx: Mutex::new(tx),
             state: Mutex::new(WorkerState {
@@ -604,7 +609,7 @@ impl DataPlane {
             .spawn(move || run_worker(thread_w, rx, shared));
         match thread {
             Ok(thread) => {
-                info!(iface = %name, proto = family.as_str(), mac = %link.mac, "responder started");
+                info!(iface = %name, proto = family.as_str(), %mac, "responder started");
                 Some(Worker {
                     shared: w,
                     thread,
@@ -645,6 +650,7 @@ mod tests {
             mac: crate::wire::MacAddr::new(2, 0, 0, 0, 0, index as u8),
             up,
             carrier_ups: 1,
+            subnets: BTreeSet::new(),
         }
     }
 

@@ -93,11 +93,14 @@ pub enum DropReason {
     NotAnnounced,
     /// The IP is announced by this node, but not on the receiving interface.
     WrongInterface,
+    /// The frame carries an 802.1Q/802.1ad tag: it belongs to a VLAN, and answering it on
+    /// the untagged socket would answer on the wrong one.
+    VlanTagged,
 }
 
 impl DropReason {
     /// Every label [`DropReason::as_str`] can return, for pre-registering metrics.
-    pub const LABELS: [&'static str; 13] = [
+    pub const LABELS: [&'static str; 14] = [
         "not_arp",
         "not_ipv6",
         "not_icmpv6",
@@ -111,6 +114,7 @@ impl DropReason {
         "gratuitous",
         "not_announced",
         "wrong_interface",
+        "vlan_tagged",
     ];
 
     /// Stable snake_case label, for metrics (bounded: one of [`DropReason::LABELS`]).
@@ -134,6 +138,7 @@ impl DropReason {
             DropReason::Gratuitous => 10,
             DropReason::NotAnnounced => 11,
             DropReason::WrongInterface => 12,
+            DropReason::VlanTagged => 13,
         }
     }
 }
@@ -149,6 +154,18 @@ impl From<WireError> for DropReason {
             other => DropReason::Malformed(other),
         }
     }
+}
+
+/// Ethernet types of a VLAN tag: 802.1Q, 802.1ad (QinQ) and the older QinQ 0x9100.
+const VLAN_ETHERTYPES: [u16; 3] = [0x8100, 0x88a8, 0x9100];
+
+/// Whether the frame's Ethernet type is a VLAN tag. The kernel normally strips the tag
+/// before a protocol socket sees the frame (and the socket filter drops such frames: see
+/// `socket`), so this is the last line for a tag left in the frame.
+fn vlan_tagged(frame: &[u8]) -> bool {
+    frame
+        .get(12..14)
+        .is_some_and(|t| VLAN_ETHERTYPES.contains(&u16::from_be_bytes([t[0], t[1]])))
 }
 
 fn announced(set: &AnnounceSet, ip: IpAddr, iface_name: &str) -> Result<(), DropReason> {
@@ -172,6 +189,9 @@ pub fn decide_arp(
     announced_set: &AnnounceSet,
 ) -> Result<ArpRepr, DropReason> {
     let eth = EthernetPacket::new(frame).ok_or(DropReason::Malformed(WireError::Truncated))?;
+    if vlan_tagged(frame) {
+        return Err(DropReason::VlanTagged);
+    }
     if eth.get_ethertype().0 != ETHERTYPE_ARP {
         return Err(DropReason::NotArp);
     }
@@ -205,6 +225,9 @@ pub fn decide_ndp(
     iface_name: &str,
     announced_set: &AnnounceSet,
 ) -> Result<NeighborAdvertRepr, DropReason> {
+    if vlan_tagged(frame) {
+        return Err(DropReason::VlanTagged);
+    }
     let ns = NeighborSolicitRepr::parse(frame).map_err(|e| match e {
         WireError::EtherType(_) => DropReason::NotIpv6,
         other => DropReason::from(other),
@@ -525,6 +548,7 @@ mod tests {
             DropReason::Gratuitous,
             DropReason::NotAnnounced,
             DropReason::WrongInterface,
+            DropReason::VlanTagged,
         ];
         for (i, r) in all.iter().enumerate() {
             assert_eq!(r.index(), i);
@@ -556,6 +580,42 @@ mod tests {
             let frame = rng.frame(&seeds);
             let _ = decide_arp(&frame, OUR_MAC, "eth0", &set);
             let _ = decide_ndp(&frame, OUR_MAC, "eth0", &set);
+        }
+    }
+
+    /// Inserts a VLAN tag (`tpid`, VID 100) after the Ethernet addresses.
+    fn tagged(frame: &[u8], tpid: u16) -> Vec<u8> {
+        let mut out = frame[..12].to_vec();
+        out.extend_from_slice(&tpid.to_be_bytes());
+        out.extend_from_slice(&100u16.to_be_bytes());
+        out.extend_from_slice(&frame[12..]);
+        out
+    }
+
+    #[test]
+    fn vlan_tagged_frames_are_not_answered_untagged() {
+        let set = mk_set();
+        let arp = mk_request(PEER_MAC, PEER_V4, VIP4).to_bytes();
+        let ns = mk_ns(VIP6).to_bytes();
+        assert!(decide_arp(&arp, OUR_MAC, "eth0", &set).is_ok());
+        assert!(decide_ndp(&ns, OUR_MAC, "eth0", &set).is_ok());
+        for tpid in [0x8100, 0x88a8, 0x9100] {
+            let (arp, ns) = (tagged(&arp, tpid), tagged(&ns, tpid));
+            assert_eq!(
+                decide_arp(&arp, OUR_MAC, "eth0", &set),
+                Err(DropReason::VlanTagged),
+                "{tpid:#x}"
+            );
+            assert_eq!(
+                decide_ndp(&ns, OUR_MAC, "eth0", &set),
+                Err(DropReason::VlanTagged),
+                "{tpid:#x}"
+            );
+            // Double-tagged (QinQ) as well.
+            assert_eq!(
+                decide_arp(&tagged(&arp, 0x88a8), OUR_MAC, "eth0", &set),
+                Err(DropReason::VlanTagged)
+            );
         }
     }
 }

@@ -2,14 +2,33 @@
 //! multicast memberships.
 //!
 //! ```text
-//!  socket2: AF_PACKET/SOCK_RAW, protocol 0 (receives nothing yet) ─▶ attach BPF (IPv6 only)
+//!  socket2: AF_PACKET/SOCK_RAW, protocol 0 (receives nothing yet) ─▶ attach BPF
 //!     └─▶ pnet_datalink::channel(socket_fd, Layer3(ethertype)) binds ifindex + ethertype
 //! ```
 //!
 //! Binding to ETH_P_ARP / ETH_P_IPV6 rather than ETH_P_ALL keeps the node's other traffic
-//! out of user space and off the transmit path (ETH_P_ALL taps clone every sent packet);
-//! the classic BPF filter then passes only ICMPv6 Neighbor Solicitations up. The socket is
-//! not promiscuous. No `unsafe` here: socket2 and pnet own the system calls.
+//! out of user space and off the transmit path (ETH_P_ALL taps clone every sent packet).
+//! The classic BPF filter ([`responder_filter`]) then passes only frames that really
+//! arrived untagged on this interface (and, for NDP, only ICMPv6 Neighbor Solicitations).
+//! The socket is not promiscuous. No `unsafe` here: socket2 and pnet own the system calls.
+//!
+//! ## VLAN-tagged frames on the parent interface
+//! A protocol socket bound to `eth0` is also handed frames that arrived on `eth0` tagged:
+//! the kernel moves the 802.1Q/802.1ad tag out of the frame (NIC offload or
+//! `skb_vlan_untag`) before protocol delivery, so the frame looks untagged. Then either
+//! - a VLAN device for that VID exists (`eth0.100`): the frame is delivered with
+//!   `skb->dev` = the VLAN device but still to `eth0`'s sockets (they match the original
+//!   device), or
+//! - none exists: the kernel marks it `PACKET_OTHERHOST` and clears the tag.
+//!
+//! Answering either would answer a tagged request untagged, on the wrong VLAN. pnet reads
+//! with `recvfrom` and drops the `sockaddr_ll` (packet type, ifindex) and there is no
+//! PACKET_AUXDATA to read, so the check runs in the kernel instead: the filter drops frames
+//! whose packet type is OTHERHOST, whose device is not this interface, or that still carry
+//! a tag in metadata (SKF_AD_PKTTYPE, SKF_AD_IFINDEX, SKF_AD_VLAN_TAG_PRESENT), whatever
+//! the offload. The responder also refuses frames whose Ethernet type is 802.1Q/802.1ad
+//! ([`super::DropReason::VlanTagged`]). Priority-tagged frames (VID 0) belong to the
+//! untagged LAN and are answered, as the kernel's own ARP does.
 
 use std::io;
 use std::net::Ipv6Addr;
@@ -42,20 +61,107 @@ impl Family {
 }
 
 // Classic BPF opcodes (linux/filter.h).
+const BPF_LD_W_ABS: u16 = 0x20;
 const BPF_LD_B_ABS: u16 = 0x30;
 const BPF_JEQ_K: u16 = 0x15;
 const BPF_RET_K: u16 = 0x06;
+/// Ancillary loads (linux/filter.h): `SKF_AD_OFF` (-0x1000) plus the field.
+const SKF_AD_OFF: u32 = 0xffff_f000;
+const SKF_AD_PKTTYPE: u32 = SKF_AD_OFF + 4;
+const SKF_AD_IFINDEX: u32 = SKF_AD_OFF + 8;
+const SKF_AD_VLAN_TAG_PRESENT: u32 = SKF_AD_OFF + 48;
+/// `skb->pkt_type` of a frame for another host (linux/if_packet.h).
+const PACKET_OTHERHOST: u32 = 3;
+/// Bytes of an accepted frame passed up (more than any ARP/NS frame).
+const ACCEPT: u32 = 0x0004_0000;
 
-/// Accept only Ethernet + IPv6 with next header 58 (ICMPv6) and ICMPv6 type 135 (NS).
-fn neighbor_solicit_filter() -> [SockFilter; 6] {
-    [
-        SockFilter::new(BPF_LD_B_ABS, 0, 0, 20), // IPv6 next header
-        SockFilter::new(BPF_JEQ_K, 0, 3, 58),    // ICMPv6? else drop
-        SockFilter::new(BPF_LD_B_ABS, 0, 0, 54), // ICMPv6 type
-        SockFilter::new(BPF_JEQ_K, 0, 1, 135),   // Neighbor Solicitation? else drop
-        SockFilter::new(BPF_RET_K, 0, 0, 0x0004_0000),
-        SockFilter::new(BPF_RET_K, 0, 0, 0),
-    ]
+/// One classic BPF instruction (`struct sock_filter`), as plain data so the program can be
+/// checked without a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insn {
+    /// Opcode.
+    pub code: u16,
+    /// Jump offset if true.
+    pub jt: u8,
+    /// Jump offset if false.
+    pub jf: u8,
+    /// Constant operand.
+    pub k: u32,
+}
+
+/// One test of the filter: load a value, compare it with a constant, drop on mismatch
+/// (`keep_if_equal`) or on match (`!keep_if_equal`).
+struct Check {
+    load: Insn,
+    value: u32,
+    keep_if_equal: bool,
+}
+
+fn load(code: u16, k: u32) -> Insn {
+    Insn {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+/// The kernel filter of a responder socket on interface `ifindex`: passes only frames that
+/// arrived untagged on that very interface, for this host or broadcast/multicast (see the
+/// module documentation); for NDP, only ICMPv6 (next header 58 right after the fixed
+/// header) Neighbor Solicitations (type 135).
+pub fn responder_filter(family: Family, ifindex: u32) -> Vec<Insn> {
+    let mut checks = vec![
+        Check {
+            load: load(BPF_LD_W_ABS, SKF_AD_PKTTYPE),
+            value: PACKET_OTHERHOST,
+            keep_if_equal: false,
+        },
+        Check {
+            load: load(BPF_LD_W_ABS, SKF_AD_IFINDEX),
+            value: ifindex,
+            keep_if_equal: true,
+        },
+        Check {
+            load: load(BPF_LD_W_ABS, SKF_AD_VLAN_TAG_PRESENT),
+            value: 0,
+            keep_if_equal: true,
+        },
+    ];
+    if family == Family::V6 {
+        checks.push(Check {
+            load: load(BPF_LD_B_ABS, 20), // IPv6 next header
+            value: 58,
+            keep_if_equal: true,
+        });
+        checks.push(Check {
+            load: load(BPF_LD_B_ABS, 54), // ICMPv6 type
+            value: 135,
+            keep_if_equal: true,
+        });
+    }
+    // Layout: (load, jeq) per check, then "ret ACCEPT", then "ret 0".
+    let n = checks.len();
+    let mut prog = Vec::with_capacity(2 * n + 2);
+    for (i, c) in checks.into_iter().enumerate() {
+        // From the instruction after this jeq (2i + 2) to the drop (2n + 1).
+        let to_drop = u8::try_from(2 * (n - i) - 1).expect("short program");
+        let (jt, jf) = if c.keep_if_equal {
+            (0, to_drop)
+        } else {
+            (to_drop, 0)
+        };
+        prog.push(c.load);
+        prog.push(Insn {
+            code: BPF_JEQ_K,
+            jt,
+            jf,
+            k: c.value,
+        });
+    }
+    prog.push(load(BPF_RET_K, ACCEPT));
+    prog.push(load(BPF_RET_K, 0));
+    prog
 }
 
 /// Opens the responder channel of `family` on interface `name`.
@@ -66,12 +172,14 @@ pub fn open_channel(
     read_timeout: Duration,
 ) -> io::Result<(Box<dyn DataLinkSender>, Box<dyn DataLinkReceiver>)> {
     let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))?;
+    let filter: Vec<SockFilter> = responder_filter(family, link.index)
+        .into_iter()
+        .map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k))
+        .collect();
+    socket.attach_filter(&filter)?;
     let ethertype = match family {
         Family::V4 => ETHERTYPE_ARP,
-        Family::V6 => {
-            socket.attach_filter(&neighbor_solicit_filter())?;
-            ETHERTYPE_IPV6
-        }
+        Family::V6 => ETHERTYPE_IPV6,
     };
     let iface = NetworkInterface {
         name: name.to_string(),
@@ -110,5 +218,178 @@ impl Membership {
         let socket = Socket::new(Domain::IPV6, Type::DGRAM, None)?;
         socket.join_multicast_v6(&group, ifindex)?;
         Ok(Membership { _socket: socket })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::MacAddr;
+    use crate::wire::arp::ArpRepr;
+    use crate::wire::ndp::{NeighborAdvertRepr, NeighborSolicitRepr};
+
+    /// What the kernel knows about a received frame besides its bytes.
+    #[derive(Clone, Copy)]
+    struct Meta {
+        pkttype: u32,
+        ifindex: u32,
+        vlan_tag_present: bool,
+    }
+
+    const HOST: u32 = 0;
+    const BROADCAST: u32 = 1;
+    const MULTICAST: u32 = 2;
+    const ETH0: u32 = 2;
+    const ETH0_100: u32 = 7;
+
+    /// A classic BPF interpreter for the instructions the filter uses, as the kernel
+    /// runs them (an out-of-range packet load drops the frame).
+    fn run(prog: &[Insn], frame: &[u8], meta: Meta) -> u32 {
+        let (mut pc, mut a) = (0usize, 0u32);
+        loop {
+            let i = prog[pc];
+            pc += 1;
+            match i.code {
+                BPF_LD_W_ABS => {
+                    a = match i.k {
+                        SKF_AD_PKTTYPE => meta.pkttype,
+                        SKF_AD_IFINDEX => meta.ifindex,
+                        SKF_AD_VLAN_TAG_PRESENT => u32::from(meta.vlan_tag_present),
+                        k => panic!("unexpected word load {k:#x}"),
+                    }
+                }
+                BPF_LD_B_ABS => match frame.get(i.k as usize) {
+                    Some(b) => a = u32::from(*b),
+                    None => return 0,
+                },
+                BPF_JEQ_K => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
+                BPF_RET_K => return i.k,
+                c => panic!("unexpected opcode {c:#x}"),
+            }
+        }
+    }
+
+    const PEER: MacAddr = MacAddr(2, 0, 0, 0, 0, 0x21);
+
+    fn meta(pkttype: u32) -> Meta {
+        Meta {
+            pkttype,
+            ifindex: ETH0,
+            vlan_tag_present: false,
+        }
+    }
+
+    #[test]
+    fn filter_passes_only_untagged_frames_of_this_interface() {
+        let arp = ArpRepr {
+            op: crate::wire::arp::ArpOp::Request,
+            sender_mac: PEER,
+            sender_ip: "198.51.100.21".parse().unwrap(),
+            target_mac: MacAddr::zero(),
+            target_ip: "203.0.113.10".parse().unwrap(),
+        }
+        .to_bytes();
+        let ns = NeighborSolicitRepr::multicast(
+            "2001:db8:100::21".parse().unwrap(),
+            PEER,
+            "2001:db8:200::10".parse().unwrap(),
+        )
+        .to_bytes();
+        let na =
+            NeighborAdvertRepr::unsolicited("2001:db8:200::10".parse().unwrap(), PEER).to_bytes();
+        let tagged_elsewhere = Meta {
+            ifindex: ETH0_100,
+            ..meta(BROADCAST)
+        };
+        let tag_in_metadata = Meta {
+            vlan_tag_present: true,
+            ..meta(BROADCAST)
+        };
+        // (case, family, frame, metadata, passed)
+        let cases: Vec<(&str, Family, &[u8], Meta, bool)> = vec![
+            (
+                "broadcast ARP request",
+                Family::V4,
+                &arp,
+                meta(BROADCAST),
+                true,
+            ),
+            ("unicast ARP to us", Family::V4, &arp, meta(HOST), true),
+            (
+                "tagged, no VLAN device: OTHERHOST",
+                Family::V4,
+                &arp,
+                meta(3),
+                false,
+            ),
+            (
+                "tagged for eth0.100",
+                Family::V4,
+                &arp,
+                tagged_elsewhere,
+                false,
+            ),
+            (
+                "tag still in metadata",
+                Family::V4,
+                &arp,
+                tag_in_metadata,
+                false,
+            ),
+            ("multicast NS", Family::V6, &ns, meta(MULTICAST), true),
+            ("unicast NS (NUD)", Family::V6, &ns, meta(HOST), true),
+            ("NA", Family::V6, &na, meta(MULTICAST), false),
+            ("tagged NS, no VLAN device", Family::V6, &ns, meta(3), false),
+            (
+                "tagged NS for eth0.100",
+                Family::V6,
+                &ns,
+                tagged_elsewhere,
+                false,
+            ),
+            (
+                "NS with tag in metadata",
+                Family::V6,
+                &ns,
+                tag_in_metadata,
+                false,
+            ),
+            (
+                "truncated IPv6",
+                Family::V6,
+                &ns[..30],
+                meta(MULTICAST),
+                false,
+            ),
+        ];
+        for (name, family, frame, m, passed) in cases {
+            let prog = responder_filter(family, ETH0);
+            let verdict = run(&prog, frame, m);
+            assert_eq!(verdict != 0, passed, "{name}");
+            if passed {
+                assert_eq!(verdict, ACCEPT, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn filter_jumps_stay_inside_the_program() {
+        for family in [Family::V4, Family::V6] {
+            let prog = responder_filter(family, 9);
+            assert!(prog.len() <= 32);
+            for (pc, i) in prog.iter().enumerate() {
+                if i.code == BPF_JEQ_K {
+                    for off in [i.jt, i.jf] {
+                        let to = pc + 1 + usize::from(off);
+                        assert!(to < prog.len(), "{family:?} pc {pc}");
+                        assert!(matches!(
+                            prog[to].code,
+                            BPF_RET_K | BPF_LD_W_ABS | BPF_LD_B_ABS
+                        ));
+                    }
+                }
+            }
+            assert_eq!(prog[prog.len() - 1], load(BPF_RET_K, 0));
+        }
     }
 }

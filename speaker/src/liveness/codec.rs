@@ -1,10 +1,10 @@
 //! The heartbeat datagram: who is alive, whether it serves, on which interfaces, and whom
-//! it hears — authenticated.
+//! it hears — signed by its sender and authenticated by the cluster.
 //!
 //! ```text
 //!  off  len  field
 //!   0    4   magic "FLHB"
-//!   4    1   version = 2
+//!   4    1   version = 3 (2: the same without the signature, for previous-version peers)
 //!   5    1   flags: bit 0 LEAVING (graceful shutdown), bit 1 SERVING (may announce: it is
 //!            ready and connected), bit 2 SETTLED (serving for the hold-down, or since it
 //!            joined no established peer), bit 3 ESTABLISHED (serving without a break for
@@ -19,32 +19,57 @@
 //!   .   h×   [ node id u32 | age u16 ms | flags u8: bit 0 SERVING, bit 1 SETTLED ],
 //!            ids strictly ascending: the peers the sender heard within its timeout, how
 //!            long ago, and what they said of themselves
-//!  end-32 32 HMAC-SHA256(key, every byte before the tag) — the full tag, not truncated
+//!  end-96 64 (version 3 only) Ed25519 signature, by the sender's per-start key, of every
+//!            byte before it; the public key is in the sender's Lease
+//!  end-32 32 HMAC-SHA256(key, every byte before the tag, signature included) — the full
+//!            tag, not truncated
 //! ```
 //!
-//! 59 bytes at least, 1452 at most: always one unfragmented UDP datagram on a 1500-byte
-//! LAN, over IPv6 too. A node id is the first four bytes of SHA-256 of the node name
-//! ([`node_id`]); receivers map ids back through the member list (from the Leases) and
+//! 123 bytes at least (59 for version 2), 1452 at most: always one unfragmented UDP datagram
+//! on a 1500-byte LAN, over IPv6 too. A node id is the first four bytes of SHA-256 of the node
+//! name ([`node_id`]); receivers map ids back through the member list (from the Leases) and
 //! ignore ids two members share.
+//!
+//! Two keys, two jobs. The HMAC, keyed by the secret every speaker shares, is the cheap outer
+//! gate: a LAN host without the cluster key is turned away before any signature check. The
+//! signature binds the heartbeat to its node: every speaker holds the cluster key, but only
+//! node N holds N's private key, so a compromised node cannot speak for another one (not even
+//! say LEAVING for it).
+//!
 //! [`decode`] checks length, magic and version, then the tag in constant time, and only then
-//! parses the body: unauthenticated bytes never reach the field parser. The encoding is
-//! canonical, so `encode(decode(b)) == b` for every accepted `b`. Replay protection is not
-//! here but in the detector, which remembers the highest (incarnation, sequence) per node.
+//! parses the body: bytes without a valid tag never reach the field parser. What it returns
+//! is [`Unverified`]: the caller must say which public key the claimed sender's Lease
+//! publishes ([`Unverified::verify`]) to get the [`Heartbeat`]. A sender whose Lease
+//! publishes a key must sign (version 3, valid signature); one whose Lease publishes none (a
+//! previous-version speaker during a rolling upgrade) is accepted on the HMAC alone. The
+//! encoding is canonical (and Ed25519 signatures deterministic), so re-encoding an accepted
+//! datagram with the same keys gives the same bytes. Replay protection is not here but in
+//! the detector, which remembers the highest (incarnation, sequence) per node.
 
 use std::collections::BTreeSet;
 use std::fmt;
 
+use ed25519_dalek::Signature;
+use ed25519_dalek::Signer as _;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
 type HmacSha256 = Hmac<Sha256>;
 
 /// First four bytes of every heartbeat, so stray traffic on the port is told apart at once.
 pub const MAGIC: [u8; 4] = *b"FLHB";
-/// The only wire version this speaker sends and accepts (2: serving state and heard list).
-pub const VERSION: u8 = 2;
+/// The wire version this speaker sends to peers whose Lease publishes a public key
+/// (3: version 2 plus the sender's Ed25519 signature).
+pub const VERSION: u8 = 3;
+/// The previous wire version (serving state and heard list, HMAC only): sent to, and accepted
+/// from, peers whose Lease publishes no public key (previous-version speakers).
+pub const VERSION_V2: u8 = 2;
 /// Bytes of the HMAC-SHA256 tag at the end of each datagram (full length).
 pub const TAG_LEN: usize = 32;
+/// Bytes of the Ed25519 signature before the tag (version 3).
+pub const SIG_LEN: usize = 64;
 /// Shortest shared secret accepted: 128 bits, so the tag cannot be forged by guessing the key.
 pub const MIN_KEY_LEN: usize = 16;
 /// Longest node name (a Kubernetes Node name is a DNS subdomain, at most 253 characters).
@@ -57,20 +82,26 @@ pub const MAX_INTERFACES: usize = 64;
 const HEADER_LEN: usize = 23;
 /// Bytes of one heard-list entry: id, age, flags.
 pub const HEARD_ENTRY_LEN: usize = 7;
-/// Shortest valid datagram: one-byte node name, no interface, nobody heard.
+/// Shortest valid datagram of any version: one-byte node name, no interface, nobody heard,
+/// no signature (version 2).
 pub const MIN_LEN: usize = HEADER_LEN + 1 + 1 + 2 + TAG_LEN;
+/// Shortest valid version-3 datagram (the same, signed).
+pub const MIN_SIGNED_LEN: usize = MIN_LEN + SIG_LEN;
 /// Longest valid datagram: one IPv6 UDP datagram on a 1500-byte MTU (1500 − 40 − 8).
 pub const MAX_LEN: usize = 1452;
 
-// The longest name with 64 interfaces still leaves room for some heard entries.
+// The longest name with 64 of the longest interface names, signed, still leaves room for a
+// few heard entries (a rotating window then lists every peer in turn); realistic names
+// leave room for about 180.
 const _: () = assert!(
     HEADER_LEN
         + MAX_NODE_LEN
         + 1
         + MAX_INTERFACES * (1 + MAX_INTERFACE_LEN)
         + 2
+        + SIG_LEN
         + TAG_LEN
-        + 16 * HEARD_ENTRY_LEN
+        + 7 * HEARD_ENTRY_LEN
         <= MAX_LEN
 );
 
@@ -208,9 +239,10 @@ impl Heartbeat {
         self
     }
 
-    /// How many heard entries fit beside this heartbeat's name and interfaces.
+    /// How many heard entries fit beside this heartbeat's name, interfaces and signature
+    /// (so that it encodes in either version).
     pub fn heard_capacity(&self) -> usize {
-        (MAX_LEN - self.len_without_heard()) / HEARD_ENTRY_LEN
+        (MAX_LEN - self.len_without_heard() - SIG_LEN) / HEARD_ENTRY_LEN
     }
 
     /// Attaches the heard list: ids strictly ascending, at most [`Self::heard_capacity`].
@@ -225,6 +257,7 @@ impl Heartbeat {
         Ok(self)
     }
 
+    /// Unsigned (version 2) length without the heard list.
     fn len_without_heard(&self) -> usize {
         HEADER_LEN
             + self.node.len()
@@ -239,7 +272,7 @@ impl Heartbeat {
         &self.node
     }
 
-    /// The sender's start time in ns since the epoch: a restart is a new, larger incarnation.
+    /// The sender's incarnation: random per start, published in its Lease.
     pub fn incarnation(&self) -> u64 {
         self.incarnation
     }
@@ -342,6 +375,16 @@ pub enum DecodeError {
     /// The HMAC does not match: forged, corrupted, or sent with another key.
     #[error("bad authentication tag")]
     BadTag,
+    /// A version-3 heartbeat whose signature does not verify under the public key its
+    /// claimed sender's Lease publishes: forged by another holder of the cluster key,
+    /// corrupted, or signed by a newer start of that node whose Lease we have not seen yet.
+    #[error("bad signature: not signed by the key the sender's Lease publishes")]
+    BadSignature,
+    /// A version-2 (HMAC-only) heartbeat claiming a node whose Lease publishes a public
+    /// key: such a node signs everything it sends, so this is a forgery (or a message from
+    /// a previous-version start whose Lease we have not seen replaced yet).
+    #[error("unsigned heartbeat from a node whose Lease publishes a key")]
+    Unsigned,
     /// Authentic but not well formed: a bug in the sender.
     #[error("malformed heartbeat: {reason}")]
     Malformed {
@@ -401,8 +444,8 @@ pub enum Malformed {
     /// A heard entry has flag bits this version does not define.
     #[error("unknown flag bits in a heard entry")]
     BadHeardFlags,
-    /// Bytes left between the heard list and the tag.
-    #[error("{count} trailing bytes before the tag")]
+    /// Bytes left between the heard list and the signature (or the tag).
+    #[error("{count} trailing bytes before the signature or the tag")]
     TrailingBytes {
         /// Number of unexpected bytes.
         count: usize,
@@ -415,11 +458,35 @@ impl From<Malformed> for DecodeError {
     }
 }
 
-/// Serializes and tags a heartbeat; infallible because [`Heartbeat`] is valid by construction.
-pub fn encode(hb: &Heartbeat, key: &Key) -> Vec<u8> {
-    let mut out = Vec::with_capacity(hb.len_without_heard() + hb.heard.len() * HEARD_ENTRY_LEN);
+/// Serializes a heartbeat as wire version 3: signed with the sender's per-start key, then
+/// tagged with the shared key. Infallible because [`Heartbeat`] is valid by construction.
+pub fn encode(hb: &Heartbeat, key: &Key, signer: &SigningKey) -> Vec<u8> {
+    let mut out = body(hb, VERSION);
+    let signature = signer.sign(&out);
+    out.extend_from_slice(&signature.to_bytes());
+    push_tag(&mut out, key);
+    out
+}
+
+/// Serializes a heartbeat as wire version 2 (HMAC only): what a previous-version speaker
+/// understands, sent only to peers whose Lease publishes no public key.
+pub fn encode_v2(hb: &Heartbeat, key: &Key) -> Vec<u8> {
+    let mut out = body(hb, VERSION_V2);
+    push_tag(&mut out, key);
+    out
+}
+
+fn push_tag(out: &mut Vec<u8>, key: &Key) {
+    let tag = key.mac().chain_update(&*out).finalize().into_bytes();
+    out.extend_from_slice(&tag);
+}
+
+/// Every byte before the signature (version 3) or the tag (version 2).
+fn body(hb: &Heartbeat, version: u8) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(hb.len_without_heard() + SIG_LEN + hb.heard.len() * HEARD_ENTRY_LEN);
     out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
+    out.push(version);
     let flag = |on: bool, bit: u8| if on { bit } else { 0 };
     out.push(
         flag(hb.leaving, FLAG_LEAVING)
@@ -446,8 +513,6 @@ pub fn encode(hb: &Heartbeat, key: &Key) -> Vec<u8> {
         out.extend_from_slice(&h.age_ms.to_be_bytes());
         out.push(flag(h.serving, HEARD_SERVING) | flag(h.settled, HEARD_SETTLED));
     }
-    let tag = key.mac().chain_update(&out).finalize().into_bytes();
-    out.extend_from_slice(&tag);
     out
 }
 
@@ -457,9 +522,59 @@ fn push_short_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// A datagram whose HMAC checked out (it comes from a holder of the cluster key), parsed,
+/// but not yet bound to its claimed sender: [`Unverified::verify`] does that with the public
+/// key the sender's Lease publishes.
+#[derive(Debug, Clone)]
+pub struct Unverified<'a> {
+    hb: Heartbeat,
+    /// Version 3: the signed bytes and their signature; `None` for version 2.
+    signed: Option<(&'a [u8], Signature)>,
+}
+
+impl Unverified<'_> {
+    /// The node the datagram claims to come from: whose Lease to look the key up in.
+    pub fn node(&self) -> &str {
+        self.hb.node()
+    }
+
+    /// True for version 3 (carries a signature).
+    pub fn is_signed(&self) -> bool {
+        self.signed.is_some()
+    }
+
+    /// The heartbeat, if its claimed sender's Lease allows it: with a published key, only a
+    /// version-3 datagram whose signature verifies under that key (strict Ed25519: no
+    /// malleable or small-order signatures); without one (a previous-version speaker, or a
+    /// node we know no Lease of), the HMAC alone, as in version 2. One signature check at
+    /// most.
+    pub fn verify(self, published: Option<&VerifyingKey>) -> Result<Heartbeat, DecodeError> {
+        match (published, self.signed) {
+            (None, _) => Ok(self.hb),
+            (Some(_), None) => Err(DecodeError::Unsigned),
+            (Some(key), Some((signed, signature))) => key
+                .verify_strict(signed, &signature)
+                .map(|()| self.hb)
+                .map_err(|_| DecodeError::BadSignature),
+        }
+    }
+}
+
+/// [`decode_any`], then [`Unverified::verify`] with the key `published` returns for the
+/// claimed sender (its Lease's public key, `None` when it publishes none).
+pub fn decode_verified(
+    bytes: &[u8],
+    keys: &[Key],
+    published: impl FnOnce(&str) -> Option<VerifyingKey>,
+) -> Result<Heartbeat, DecodeError> {
+    let unverified = decode_any(bytes, keys)?;
+    let key = published(unverified.node());
+    unverified.verify(key.as_ref())
+}
+
 /// [`decode`] trying each accepted key in turn (the current one first): during a key
 /// rotation speakers sign with one key and accept two, so no view splits.
-pub fn decode_any(bytes: &[u8], keys: &[Key]) -> Result<Heartbeat, DecodeError> {
+pub fn decode_any<'a>(bytes: &'a [u8], keys: &[Key]) -> Result<Unverified<'a>, DecodeError> {
     let mut last = DecodeError::BadTag;
     for key in keys {
         match decode(bytes, key) {
@@ -470,8 +585,9 @@ pub fn decode_any(bytes: &[u8], keys: &[Key]) -> Result<Heartbeat, DecodeError> 
     Err(last)
 }
 
-/// Checks and parses one datagram; never panics, whatever the bytes.
-pub fn decode(bytes: &[u8], key: &Key) -> Result<Heartbeat, DecodeError> {
+/// Checks a datagram's length, magic, version and HMAC, then parses it; never panics,
+/// whatever the bytes. The signature (version 3) is checked by [`Unverified::verify`].
+pub fn decode<'a>(bytes: &'a [u8], key: &Key) -> Result<Unverified<'a>, DecodeError> {
     let len = bytes.len();
     if len < MIN_LEN {
         return Err(DecodeError::TooShort { len });
@@ -482,18 +598,34 @@ pub fn decode(bytes: &[u8], key: &Key) -> Result<Heartbeat, DecodeError> {
     if bytes[..4] != MAGIC {
         return Err(DecodeError::BadMagic);
     }
-    if bytes[4] != VERSION {
-        return Err(DecodeError::UnsupportedVersion { version: bytes[4] });
+    let version = bytes[4];
+    if version != VERSION && version != VERSION_V2 {
+        return Err(DecodeError::UnsupportedVersion { version });
     }
-    let (body, tag) = bytes.split_at(len - TAG_LEN);
+    if version == VERSION && len < MIN_SIGNED_LEN {
+        return Err(DecodeError::TooShort { len });
+    }
+    let (authenticated, tag) = bytes.split_at(len - TAG_LEN);
     key.mac()
-        .chain_update(body)
+        .chain_update(authenticated)
         .verify_slice(tag)
         .map_err(|_| DecodeError::BadTag)?;
-    Ok(parse_body(body)?)
+    if version == VERSION_V2 {
+        let hb = parse_body(authenticated)?;
+        return Ok(Unverified { hb, signed: None });
+    }
+    let (body, signature) = authenticated.split_at(authenticated.len() - SIG_LEN);
+    let signature: [u8; SIG_LEN] = signature
+        .try_into()
+        .map_err(|_| DecodeError::TooShort { len })?;
+    let hb = parse_body(body)?;
+    Ok(Unverified {
+        hb,
+        signed: Some((body, Signature::from_bytes(&signature))),
+    })
 }
 
-/// Parses an authenticated body (everything before the tag).
+/// Parses an authenticated body (everything before the signature or the tag).
 fn parse_body(body: &[u8]) -> Result<Heartbeat, Malformed> {
     let mut r = Reader { rest: body };
     r.take(4)?; // magic, checked by decode
@@ -609,6 +741,30 @@ mod tests {
         Key::new(SECRET).unwrap()
     }
 
+    /// Node A's per-start key (fixed here, random in the speaker).
+    fn signer() -> SigningKey {
+        SigningKey::from_bytes(&[0xa1; 32])
+    }
+
+    /// Another node's key.
+    fn other_signer() -> SigningKey {
+        SigningKey::from_bytes(&[0xb2; 32])
+    }
+
+    /// What a receiver does: HMAC, then the signature with the claimed sender's Lease key.
+    fn open(bytes: &[u8], published: Option<&VerifyingKey>) -> Result<Heartbeat, DecodeError> {
+        decode(bytes, &key())?.verify(published)
+    }
+
+    /// Opens a datagram signed by [`signer`], checking its signature.
+    fn open_a(bytes: &[u8]) -> Result<Heartbeat, DecodeError> {
+        open(bytes, Some(&signer().verifying_key()))
+    }
+
+    fn enc(hb: &Heartbeat) -> Vec<u8> {
+        encode(hb, &key(), &signer())
+    }
+
     fn ifaces(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()
     }
@@ -630,10 +786,21 @@ mod tests {
         out
     }
 
-    /// A header (magic, version, flags, incarnation, seq) followed by `rest`.
+    /// Builds a version-3 datagram from a raw body: A's signature, then a valid tag.
+    fn sign_v3(body: &[u8]) -> Vec<u8> {
+        let mut out = body.to_vec();
+        out.extend_from_slice(&signer().sign(body).to_bytes());
+        sign(&out)
+    }
+
+    /// A version-2 header (magic, version, flags, incarnation, seq) followed by `rest`.
     fn raw_body(rest: &[u8]) -> Vec<u8> {
+        raw_body_v(VERSION_V2, rest)
+    }
+
+    fn raw_body_v(version: u8, rest: &[u8]) -> Vec<u8> {
         let mut b = MAGIC.to_vec();
-        b.push(VERSION);
+        b.push(version);
         b.push(0);
         b.extend_from_slice(&7u64.to_be_bytes());
         b.extend_from_slice(&9u64.to_be_bytes());
@@ -660,9 +827,9 @@ mod tests {
                 heard(0x0102_0304, 0, false, false),
             ])
             .unwrap();
-        let bytes = encode(&hb, &key());
+        let bytes = enc(&hb);
         assert_eq!(&bytes[..4], b"FLHB");
-        assert_eq!(bytes[4], 2);
+        assert_eq!(bytes[4], 3);
         assert_eq!(bytes[5], FLAG_LEAVING | FLAG_SERVING);
         assert_eq!(bytes[6..14], 1_700_000_000_000_000_000u64.to_be_bytes());
         assert_eq!(bytes[14..22], 42u64.to_be_bytes());
@@ -674,7 +841,19 @@ mod tests {
         assert_eq!(bytes[41..43], [0, 2]);
         assert_eq!(bytes[43..50], [0, 0, 0, 7, 0, 120, 0b11]);
         assert_eq!(bytes[50..57], [1, 2, 3, 4, 0, 0, 0]);
-        assert_eq!(bytes.len(), 57 + TAG_LEN);
+        assert_eq!(bytes.len(), 57 + SIG_LEN + TAG_LEN);
+        let signature = Signature::from_bytes(bytes[57..57 + SIG_LEN].try_into().unwrap());
+        signer()
+            .verifying_key()
+            .verify_strict(&bytes[..57], &signature)
+            .unwrap();
+        let tag = key().mac().chain_update(&bytes[..57 + SIG_LEN]).finalize();
+        assert_eq!(bytes[57 + SIG_LEN..], tag.into_bytes()[..]);
+        // Version 2: the same bytes but the version, no signature.
+        let v2 = encode_v2(&hb, &key());
+        assert_eq!(v2[4], 2);
+        assert_eq!(v2[5..57], bytes[5..57]);
+        assert_eq!(v2.len(), 57 + TAG_LEN);
     }
 
     #[test]
@@ -695,7 +874,7 @@ mod tests {
         let cap = hb.heard_capacity();
         let full: Vec<Heard> = (0..cap as u32).map(|i| heard(i, 0, true, true)).collect();
         let max = hb.clone().with_heard(full.clone()).unwrap();
-        let len = encode(&max, &key()).len();
+        let len = enc(&max).len();
         assert!(
             len <= MAX_LEN && MAX_LEN - len < HEARD_ENTRY_LEN,
             "{len} bytes"
@@ -728,9 +907,12 @@ mod tests {
                 ])
                 .unwrap(),
         ] {
-            let bytes = encode(&hb, &key());
-            assert!((MIN_LEN..=MAX_LEN).contains(&bytes.len()));
-            assert_eq!(decode(&bytes, &key()), Ok(hb));
+            let bytes = enc(&hb);
+            assert!((MIN_SIGNED_LEN..=MAX_LEN).contains(&bytes.len()));
+            assert_eq!(open_a(&bytes), Ok(hb.clone()));
+            let v2 = encode_v2(&hb, &key());
+            assert!((MIN_LEN..=MAX_LEN).contains(&v2.len()));
+            assert_eq!(open(&v2, None), Ok(hb));
         }
     }
 
@@ -741,16 +923,17 @@ mod tests {
     #[test]
     fn extreme_sizes_are_min_and_at_most_max_len() {
         let small = Heartbeat::new("n", 0, 0, BTreeSet::new()).unwrap();
-        assert_eq!(encode(&small, &key()).len(), MIN_LEN);
+        assert_eq!(enc(&small).len(), MIN_SIGNED_LEN);
+        assert_eq!(encode_v2(&small, &key()).len(), MIN_LEN);
         let big = Heartbeat::new("x".repeat(MAX_NODE_LEN), 0, 0, max_ifaces()).unwrap();
         let cap = big.heard_capacity();
         assert!(
-            cap >= 16,
+            cap >= 7,
             "the largest heartbeat still carries {cap} heard entries"
         );
         let full = (0..cap as u32).map(|i| heard(i, 0, true, true)).collect();
         let big = big.with_heard(full).unwrap();
-        assert!(MAX_LEN - encode(&big, &key()).len() < HEARD_ENTRY_LEN);
+        assert!(MAX_LEN - enc(&big).len() < HEARD_ENTRY_LEN);
     }
 
     #[test]
@@ -840,14 +1023,14 @@ mod tests {
 
     #[test]
     fn every_decode_error() {
-        let good = encode(&mk_hb(), &key());
+        let good = encode_v2(&mk_hb(), &key());
         let with = |i: usize, v: u8| {
             let mut b = good.clone();
             b[i] = v;
             b
         };
         let long = Heartbeat::new("n", 0, 0, BTreeSet::new()).unwrap();
-        let mut too_long = encode(&long, &key());
+        let mut too_long = enc(&long);
         too_long.resize(MAX_LEN + 1, 0);
 
         let node_then_count = |node: &[u8], rest: &[u8]| {
@@ -878,6 +1061,16 @@ mod tests {
                 "version 1 (before the heard list)",
                 with(4, 1),
                 DecodeError::UnsupportedVersion { version: 1 },
+            ),
+            (
+                "version 4",
+                with(4, 4),
+                DecodeError::UnsupportedVersion { version: 4 },
+            ),
+            (
+                "version 3 without room for a signature",
+                with(4, 3),
+                DecodeError::TooShort { len: good.len() },
             ),
             ("flipped flag", with(5, 0x01), DecodeError::BadTag),
             (
@@ -963,26 +1156,27 @@ mod tests {
             ),
         ];
         for (name, bytes, want) in cases {
-            assert_eq!(decode(&bytes, &key()), Err(want), "{name}");
+            assert_eq!(open(&bytes, None), Err(want), "{name}");
         }
     }
 
     #[test]
     fn unknown_flag_bits_are_ignored() {
-        let mut body = encode(&mk_hb(), &key());
-        body.truncate(body.len() - TAG_LEN);
+        let mut body = enc(&mk_hb());
+        body.truncate(body.len() - TAG_LEN - SIG_LEN);
         body[5] = 0xf0;
-        let hb = decode(&sign(&body), &key()).unwrap();
+        let hb = open_a(&sign_v3(&body)).unwrap();
         assert!(!hb.is_leaving() && !hb.is_serving() && !hb.is_settled());
     }
 
     #[test]
     fn any_accepted_key_verifies_and_the_others_say_bad_tag() {
         let old = Key::new(b"the-previous-heartbeat-key").unwrap();
-        let bytes = encode(&mk_hb(), &old);
-        assert_eq!(decode_any(&bytes, &[key(), old.clone()]), Ok(mk_hb()));
-        assert_eq!(decode_any(&bytes, &[key()]), Err(DecodeError::BadTag));
-        assert_eq!(decode_any(&bytes, &[]), Err(DecodeError::BadTag));
+        let bytes = encode(&mk_hb(), &old, &signer());
+        let any = |keys: &[Key]| decode_any(&bytes, keys).map(|u| u.verify(None));
+        assert_eq!(any(&[key(), old.clone()]), Ok(Ok(mk_hb())));
+        assert_eq!(any(&[key()]), Err(DecodeError::BadTag));
+        assert_eq!(any(&[]), Err(DecodeError::BadTag));
         let short = &bytes[..10];
         assert!(matches!(
             decode_any(short, &[key(), old]),
@@ -992,9 +1186,10 @@ mod tests {
 
     #[test]
     fn wrong_key_is_bad_tag() {
-        let bytes = encode(&mk_hb(), &key());
         let other = Key::new(b"another-secret-of-16+").unwrap();
-        assert_eq!(decode(&bytes, &other), Err(DecodeError::BadTag));
+        for bytes in [enc(&mk_hb()), encode_v2(&mk_hb(), &key())] {
+            assert!(matches!(decode(&bytes, &other), Err(DecodeError::BadTag)));
+        }
     }
 
     fn arb_iface() -> impl Strategy<Value = String> {
@@ -1028,12 +1223,136 @@ mod tests {
             )
     }
 
+    /// What a holder of the cluster key can do to any datagram: change it, then re-tag it.
+    fn retag(bytes: &[u8]) -> Vec<u8> {
+        sign(&bytes[..bytes.len() - TAG_LEN])
+    }
+
+    fn mk_hb_for(node: &str) -> Heartbeat {
+        Heartbeat::new(node, 77, 1_000, ifaces(&["eth0"]))
+            .unwrap()
+            .with_state(true, true)
+    }
+
+    #[test]
+    fn a_heartbeat_for_b_signed_with_a_key_is_rejected() {
+        // A holds the cluster key and its own private key, and claims to be B.
+        let (a, b) = (signer(), other_signer());
+        let forged = encode(&mk_hb_for("node-b"), &key(), &a);
+        let unverified = decode(&forged, &key()).unwrap();
+        assert_eq!(unverified.node(), "node-b");
+        assert!(unverified.is_signed());
+        assert_eq!(
+            open(&forged, Some(&b.verifying_key())),
+            Err(DecodeError::BadSignature)
+        );
+        // B's own heartbeat passes, and would not under A's key.
+        let genuine = encode(&mk_hb_for("node-b"), &key(), &b);
+        assert_eq!(
+            open(&genuine, Some(&b.verifying_key())),
+            Ok(mk_hb_for("node-b"))
+        );
+        assert_eq!(
+            open(&genuine, Some(&a.verifying_key())),
+            Err(DecodeError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_forged_leaving_for_b_is_rejected_whether_signed_by_a_or_unsigned() {
+        let b = other_signer().verifying_key();
+        let leaving = mk_hb_for("node-b").with_leaving(true);
+        let by_a = encode(&leaving, &key(), &signer());
+        let unsigned = encode_v2(&leaving, &key());
+        // Both carry a valid HMAC: the cluster key alone no longer speaks for B.
+        assert!(decode(&by_a, &key()).is_ok() && decode(&unsigned, &key()).is_ok());
+        assert_eq!(open(&by_a, Some(&b)), Err(DecodeError::BadSignature));
+        assert_eq!(open(&unsigned, Some(&b)), Err(DecodeError::Unsigned));
+        // A signature made for B's non-LEAVING heartbeat does not carry over to LEAVING.
+        let genuine = encode(&mk_hb_for("node-b"), &key(), &other_signer());
+        let mut flipped = genuine.clone();
+        flipped[5] |= FLAG_LEAVING;
+        assert_eq!(
+            open(&retag(&flipped), Some(&b)),
+            Err(DecodeError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn an_unsigned_v2_heartbeat_is_rejected_when_the_lease_has_a_key_and_accepted_when_not() {
+        let v2 = encode_v2(&mk_hb_for("node-b"), &key());
+        let unverified = decode(&v2, &key()).unwrap();
+        assert!(!unverified.is_signed());
+        assert_eq!(
+            unverified
+                .clone()
+                .verify(Some(&other_signer().verifying_key())),
+            Err(DecodeError::Unsigned)
+        );
+        // A previous-version speaker (its Lease publishes no key): the HMAC is enough.
+        assert_eq!(unverified.verify(None), Ok(mk_hb_for("node-b")));
+        // So is a signed one (a restarted speaker whose new Lease we have not seen yet).
+        let v3 = encode(&mk_hb_for("node-b"), &key(), &other_signer());
+        assert_eq!(open(&v3, None), Ok(mk_hb_for("node-b")));
+    }
+
+    #[test]
+    fn a_tampered_byte_breaks_the_signature() {
+        let a = signer().verifying_key();
+        let good = enc(&mk_hb());
+        assert_eq!(open(&good, Some(&a)), Ok(mk_hb()));
+        let sig_at = good.len() - TAG_LEN - SIG_LEN;
+        // Every byte of the body after the version, and of the signature, changed and
+        // re-tagged with the cluster key: the signature no longer verifies.
+        for i in (5..sig_at).chain(sig_at..good.len() - TAG_LEN) {
+            let mut bytes = good.clone();
+            bytes[i] ^= 0x01;
+            let got = open(&retag(&bytes), Some(&a));
+            match got {
+                Err(DecodeError::BadSignature | DecodeError::Malformed { .. }) => {}
+                other => panic!("byte {i}: {other:?}"),
+            }
+            // Flags, incarnation, sequence and the signature parse whatever their value.
+            if i >= sig_at || i < HEADER_LEN - 1 {
+                assert_eq!(got, Err(DecodeError::BadSignature), "byte {i}");
+            }
+        }
+        // Dropping the signature to pass as version 2 is "unsigned", not accepted.
+        let mut downgraded = good[..sig_at].to_vec();
+        downgraded[4] = VERSION_V2;
+        assert_eq!(
+            open(&sign(&downgraded), Some(&a)),
+            Err(DecodeError::Unsigned)
+        );
+    }
+
+    #[test]
+    fn decode_verified_asks_for_the_key_of_the_claimed_sender() {
+        let b = other_signer();
+        let bytes = encode(&mk_hb_for("node-b"), &key(), &b);
+        let mut asked = None;
+        let got = decode_verified(&bytes, &[key()], |node| {
+            asked = Some(node.to_owned());
+            Some(b.verifying_key())
+        });
+        assert_eq!(got, Ok(mk_hb_for("node-b")));
+        assert_eq!(asked.as_deref(), Some("node-b"));
+        let wrong = decode_verified(&bytes, &[key()], |_| Some(signer().verifying_key()));
+        assert_eq!(wrong, Err(DecodeError::BadSignature));
+        let untagged = decode_verified(&bytes, &[], |_| {
+            unreachable!("no key lookup before the HMAC")
+        });
+        assert_eq!(untagged, Err(DecodeError::BadTag));
+    }
+
     proptest! {
         #[test]
         fn prop_round_trip(hb in arb_heartbeat()) {
-            let bytes = encode(&hb, &key());
+            let bytes = enc(&hb);
             prop_assert!(bytes.len() <= MAX_LEN);
-            prop_assert_eq!(decode(&bytes, &key()), Ok(hb));
+            prop_assert_eq!(open_a(&bytes), Ok(hb.clone()));
+            let v2 = encode_v2(&hb, &key());
+            prop_assert_eq!(open(&v2, None), Ok(hb));
         }
 
         #[test]
@@ -1042,15 +1361,30 @@ mod tests {
             pos in any::<prop::sample::Index>(),
             mask in 1u8..=255,
         ) {
-            let mut bytes = encode(&hb, &key());
+            let mut bytes = enc(&hb);
             let i = pos.index(bytes.len());
             bytes[i] ^= mask;
-            prop_assert!(decode(&bytes, &key()).is_err());
+            prop_assert!(open_a(&bytes).is_err());
+        }
+
+        #[test]
+        fn prop_any_change_by_a_holder_of_the_cluster_key_is_rejected(
+            hb in arb_heartbeat(),
+            pos in any::<prop::sample::Index>(),
+            mask in 1u8..=255,
+        ) {
+            // The attacker re-tags after the change: only the signature stands in the way.
+            let good = enc(&hb);
+            let mut bytes = good[..good.len() - TAG_LEN].to_vec();
+            let i = pos.index(bytes.len());
+            bytes[i] ^= mask;
+            prop_assert!(open_a(&sign(&bytes)).is_err());
         }
 
         #[test]
         fn prop_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
-            let _ = decode(&bytes, &key());
+            let _ = open_a(&bytes);
+            let _ = open(&bytes, None);
         }
 
         #[test]
@@ -1059,8 +1393,12 @@ mod tests {
         ) {
             // Valid magic, version and tag, random fields: exercises the body parser itself.
             let bytes = sign(&raw_body(&tail));
-            if let Ok(hb) = decode(&bytes, &key()) {
-                prop_assert_eq!(encode(&hb, &key()), bytes);
+            if let Ok(hb) = open(&bytes, None) {
+                prop_assert_eq!(encode_v2(&hb, &key()), bytes);
+            }
+            let bytes = sign_v3(&raw_body_v(VERSION, &tail));
+            if let Ok(hb) = open_a(&bytes) {
+                prop_assert_eq!(enc(&hb), bytes);
             }
         }
     }

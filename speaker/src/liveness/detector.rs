@@ -44,6 +44,7 @@
 //! sequence; a LEAVING incarnation never comes back.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::codec::{Heard, Heartbeat, node_id};
@@ -148,6 +149,57 @@ pub struct Member {
     pub fresh: bool,
 }
 
+/// Maps keyed by node id: ids are already uniform (bytes of SHA-256), so a multiply by a
+/// per-process random seed is hash enough (SipHash costs more than the rest of a relay's
+/// handling), and a peer that picks ids cannot aim them at one bucket without the seed.
+type IdMap<V> = HashMap<u32, V, IdHash>;
+
+/// The [`IdMap`] hasher's builder: the process's seed.
+#[derive(Debug, Clone, Copy)]
+struct IdHash(u64);
+
+impl Default for IdHash {
+    fn default() -> Self {
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        IdHash(*SEED.get_or_init(|| {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) | 1
+        }))
+    }
+}
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(self.0)
+    }
+}
+
+/// See [`IdMap`].
+#[derive(Debug, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u32(&mut self, id: u32) {
+        self.write_u64(u64::from(id));
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A peer's relays are pruned of stale entries every this many of its heartbeats: a stale
+/// relay never counts, so pruning only bounds memory, and need not cost a pass per datagram.
+const PRUNE_EVERY: u32 = 8;
+
 /// News of a node relayed by a peer: when that peer last heard it, and what it said.
 #[derive(Debug, Clone, Copy)]
 struct Relayed {
@@ -158,6 +210,10 @@ struct Relayed {
 
 #[derive(Debug, Clone)]
 struct Peer {
+    /// Its node name, shared with the relay index.
+    name: Arc<str>,
+    /// [`node_id`] of the name, computed once.
+    id: u32,
     incarnation: u64,
     seq: u64,
     /// Last accepted non-LEAVING heartbeat.
@@ -171,10 +227,52 @@ struct Peer {
     idle_since: Option<Instant>,
     interfaces: BTreeSet<String>,
     /// What it hears, by node id (merged over its heartbeats, freshest kept).
-    relays: HashMap<u32, Relayed>,
+    relays: IdMap<Relayed>,
+    /// Heartbeats since `relays` was last pruned.
+    unpruned: u32,
 }
 
+/// The freshest news of a node relayed by a serving peer.
+#[derive(Debug, Clone)]
+struct Best {
+    at: Instant,
+    serving: bool,
+    settled: bool,
+    via: Arc<str>,
+}
+
+/// A copy of a member's direct news (kept in step with its [`Peer`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Direct {
+    at: Option<Instant>,
+    serving: bool,
+    settled: bool,
+    has_interfaces: bool,
+    left_at: Option<Instant>,
+}
+
+/// What the view of one member depends on, by its node id: its freshest relayed news and a
+/// copy of its direct news, so that a relay is judged in O(1). Only ids that exactly one
+/// member (or retained member) has, other than us, have a slot: relays of others never count.
+#[derive(Debug, Clone)]
+struct Slot {
+    name: Arc<str>,
+    relay: Option<Best>,
+    direct: Direct,
+}
+
+/// A member's entry in the view, as far as a change of it matters: absent, or present with
+/// SETTLED and where its interfaces come from (itself, or the peer relaying it).
+type ViewKey = Option<(bool, Option<usize>)>;
+
 /// The failure detector of one speaker; see the module docs for the rules.
+///
+/// The work per heartbeat is O(its heard list) plus O(log N): relays are merged into an
+/// index of the freshest serving news per node id, and every time-driven change (a peer's
+/// silence, a relay's expiry, the hold-down) happens at or after a horizon kept as a lower
+/// bound, so [`Detector::tick`] scans the peers only when that horizon has passed (about
+/// four times a second in a steady cluster) or after a rare event (a peer leaving,
+/// restarting or stopping to serve, a membership change).
 #[derive(Debug, Clone)]
 pub struct Detector {
     self_node: String,
@@ -187,10 +285,27 @@ pub struct Detector {
     /// deleted Leases (a cleanup, a prune, a restore) do not make every speaker alone.
     retained: BTreeMap<String, Member>,
     /// Node id → member name; `None` when two members share an id (their relays are ignored).
-    ids: HashMap<u32, Option<String>>,
+    ids: IdMap<Option<String>>,
+    /// Member (and retained) name → node id.
+    id_of: HashMap<String, u32>,
     peers: BTreeMap<String, Peer>,
     /// Replay floors of peers that stopped being members, restored if they come back.
     retired: BTreeMap<String, Peer>,
+    /// The relay index: one slot per member id that is unique.
+    slots: IdMap<Slot>,
+    /// The freshest relay of us by any peer (someone hears us).
+    heard_us_at: Option<Instant>,
+    /// Peers whose `last` is set (all heard within the timeout until `horizon`).
+    heard: usize,
+    /// Members that count: a fresh Lease (or retained), not LEAVING.
+    counted: usize,
+    /// No time-driven change happens before this instant (`None`: none pending). Valid
+    /// while `scan_due` is false.
+    horizon: Option<Instant>,
+    /// The next tick must rescan (after a rare event).
+    scan_due: bool,
+    /// The view may have changed since [`Detector::take_view_changed`] was last called.
+    view_changed: bool,
     ready: bool,
     /// Whether we serve, as of the last tick.
     serving: bool,
@@ -217,9 +332,17 @@ impl Detector {
             config,
             members: BTreeMap::new(),
             retained: BTreeMap::new(),
-            ids: HashMap::new(),
+            ids: IdMap::default(),
+            id_of: HashMap::new(),
             peers: BTreeMap::new(),
             retired: BTreeMap::new(),
+            slots: IdMap::default(),
+            heard_us_at: None,
+            heard: 0,
+            counted: 0,
+            horizon: None,
+            scan_due: true,
+            view_changed: true,
             ready: false,
             serving: false,
             settling_until: None,
@@ -235,7 +358,10 @@ impl Detector {
 
     /// Replaces our own usable interfaces (they are in the view and in our heartbeats).
     pub fn set_self_interfaces(&mut self, interfaces: BTreeSet<String>) {
-        self.self_interfaces = interfaces;
+        if self.self_interfaces != interfaces {
+            self.self_interfaces = interfaces;
+            self.view_changed = true;
+        }
     }
 
     /// Whether this speaker can answer at all: caches synced, responders open.
@@ -272,10 +398,17 @@ impl Detector {
         self.retained.keys()
     }
 
+    /// Whether the view ([`Detector::alive`]) may have changed since the last call: false
+    /// means it certainly did not, so it need not be rebuilt and compared.
+    pub fn take_view_changed(&mut self) -> bool {
+        std::mem::take(&mut self.view_changed)
+    }
+
     fn member(&self, name: &str) -> Option<&Member> {
         self.members.get(name).or_else(|| self.retained.get(name))
     }
 
+    /// Rebuilds everything derived from the membership (O(peers + relays)).
     fn reindex(&mut self) {
         let gone: Vec<String> = self
             .peers
@@ -304,13 +437,133 @@ impl Detector {
                 self.peers.insert(name.clone(), peer);
             }
         }
-        let mut ids: HashMap<u32, Option<String>> = HashMap::new();
+        let mut ids: IdMap<Option<String>> = IdMap::default();
+        let mut id_of = HashMap::new();
         for name in names.into_iter().chain([self.self_node.clone()]) {
-            ids.entry(node_id(&name))
+            let id = self
+                .peers
+                .get(&name)
+                .map_or_else(|| node_id(&name), |p| p.id);
+            id_of.insert(name.clone(), id);
+            ids.entry(id)
                 .and_modify(|e| *e = None)
                 .or_insert(Some(name));
         }
+        id_of.remove(&self.self_node);
+        self.slots = ids
+            .iter()
+            .filter_map(|(id, name)| {
+                let name = name.as_ref().filter(|n| **n != self.self_node)?;
+                let shared = self.peers.get(name).map(|p| p.name.clone());
+                Some((
+                    *id,
+                    Slot {
+                        name: shared.unwrap_or_else(|| Arc::from(name.as_str())),
+                        relay: None,
+                        direct: Direct::default(),
+                    },
+                ))
+            })
+            .collect();
         self.ids = ids;
+        self.id_of = id_of;
+        let names: Vec<Arc<str>> = self.peers.values().map(|p| p.name.clone()).collect();
+        for name in &names {
+            self.mirror(name);
+            self.add_via(name);
+        }
+        self.heard_us_at = self.max_heard_us();
+        self.recount();
+        self.rare();
+    }
+
+    /// After an event that may move deadlines earlier or change the view in ways not
+    /// tracked one by one: the next tick rescans.
+    fn rare(&mut self) {
+        self.scan_due = true;
+        self.view_changed = true;
+    }
+
+    /// Recounts the heard peers and the members that count (O(members)).
+    fn recount(&mut self) {
+        self.heard = self.peers.values().filter(|p| p.last.is_some()).count();
+        self.counted = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.fresh)
+            .map(|(n, _)| n)
+            .chain(self.retained.keys())
+            .filter(|n| self.peers.get(*n).is_none_or(|p| p.left_at.is_none()))
+            .count();
+    }
+
+    /// Copies peer `name`'s direct news into its slot (if its id has one).
+    fn mirror(&mut self, name: &str) {
+        let Some(p) = self.peers.get(name) else {
+            return;
+        };
+        if let Some(slot) = self.slots.get_mut(&p.id)
+            && *slot.name == *name
+        {
+            slot.direct = Direct {
+                at: p.last,
+                serving: p.serving,
+                settled: p.settled,
+                has_interfaces: !p.interfaces.is_empty(),
+                left_at: p.left_at,
+            };
+        }
+    }
+
+    /// The freshest relay of us among the peers (O(peers)).
+    fn max_heard_us(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .filter_map(|p| p.relays.get(&self.self_id).map(|r| r.at))
+            .max()
+    }
+
+    /// Merges every relay of peer `via` into the index, if it serves (O(its relays)).
+    fn add_via(&mut self, via: &str) {
+        let Some(p) = self.peers.get(via) else {
+            return;
+        };
+        if !p.serving {
+            return;
+        }
+        let name = p.name.clone();
+        let own = p.id;
+        for (id, r) in &p.relays {
+            if *id != own {
+                merge(&mut self.slots, *id, *r, &name, self.config.timeout, None);
+            }
+        }
+    }
+
+    /// Takes peer `via`'s relays out of the index (it stopped serving, left or restarted):
+    /// each node it was the freshest source of is looked up again among the others.
+    fn drop_via(&mut self, via: &str) {
+        let lost: Vec<u32> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.relay.as_ref().is_some_and(|b| *b.via == *via))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.relay = None;
+            }
+            for p in self.peers.values() {
+                if p.serving
+                    && p.id != id
+                    && *p.name != *via
+                    && let Some(r) = p.relays.get(&id)
+                {
+                    merge(&mut self.slots, id, *r, &p.name, self.config.timeout, None);
+                }
+            }
+        }
+        self.heard_us_at = self.max_heard_us();
     }
 
     /// Feeds one authenticated heartbeat received at `now`.
@@ -318,7 +571,7 @@ impl Detector {
         if hb.node() == self.self_node {
             return Observed::Own;
         }
-        let Some(member) = self.member(hb.node()) else {
+        let Some(member) = self.member(hb.node()).copied() else {
             return Observed::UnknownNode;
         };
         if member
@@ -344,33 +597,61 @@ impl Detector {
             }
             None => true,
         };
-        let id_of = |h: &Heard| h.id;
-        let peer = self
-            .peers
-            .entry(hb.node().to_owned())
-            .or_insert_with(|| Peer {
-                incarnation: hb.incarnation(),
-                seq: 0,
-                last: None,
-                left_at: None,
-                serving: false,
-                settled: false,
-                established: false,
-                idle_since: None,
-                interfaces: BTreeSet::new(),
-                relays: HashMap::new(),
-            });
-        if peer.incarnation != hb.incarnation() {
+        let before = self.view_key(hb.node(), now);
+        if !self.peers.contains_key(hb.node()) {
+            let id = self
+                .id_of
+                .get(hb.node())
+                .copied()
+                .unwrap_or_else(|| node_id(hb.node()));
+            let name: Arc<str> = self
+                .slots
+                .get(&id)
+                .map(|s| s.name.clone())
+                .filter(|n| **n == *hb.node())
+                .unwrap_or_else(|| Arc::from(hb.node()));
+            self.peers.insert(
+                hb.node().to_owned(),
+                Peer {
+                    name,
+                    id,
+                    incarnation: hb.incarnation(),
+                    seq: 0,
+                    last: None,
+                    left_at: None,
+                    serving: false,
+                    settled: false,
+                    established: false,
+                    idle_since: None,
+                    interfaces: BTreeSet::new(),
+                    relays: IdMap::default(),
+                    unpruned: 0,
+                },
+            );
+        }
+        let Some(peer) = self.peers.get_mut(hb.node()) else {
+            return Observed::UnknownNode;
+        };
+        let restarted = peer.incarnation != hb.incarnation();
+        let was_serving = peer.serving && !restarted;
+        let had_last = peer.last.is_some();
+        if restarted {
             peer.relays.clear();
             peer.left_at = None;
         }
         peer.incarnation = hb.incarnation();
         peer.seq = hb.seq();
+        let via = peer.name.clone();
+        let own = peer.id;
         if hb.is_leaving() {
             peer.left_at = Some(now);
             peer.last = None;
             peer.serving = false;
             peer.relays.clear();
+            self.mirror(&via);
+            self.drop_via(&via);
+            self.recount();
+            self.rare();
             return Observed::Left;
         }
         peer.last = Some(now);
@@ -379,29 +660,78 @@ impl Detector {
             (false, Some(since)) if !revived => Some(since),
             (false, _) => Some(now),
         };
+        let idle_since = peer.idle_since;
         peer.serving = hb.is_serving();
         peer.settled = hb.is_settled();
         peer.established = hb.is_established();
-        peer.interfaces = hb.interfaces().clone();
+        if peer.interfaces != *hb.interfaces() {
+            peer.interfaces = hb.interfaces().clone();
+            self.view_changed = true;
+        }
+        let serving = peer.serving;
+        let mut updated: Vec<(u32, Relayed)> = Vec::with_capacity(hb.heard().len());
         for h in hb.heard() {
             let at = now
                 .checked_sub(Duration::from_millis(u64::from(h.age_ms)))
                 .unwrap_or(now);
-            let entry = peer.relays.entry(id_of(h)).or_insert(Relayed {
+            let new = Relayed {
                 at,
                 serving: h.serving,
                 settled: h.settled,
-            });
+            };
+            let entry = peer.relays.entry(h.id).or_insert(new);
             if at >= entry.at {
-                *entry = Relayed {
-                    at,
-                    serving: h.serving,
-                    settled: h.settled,
-                };
+                *entry = new;
+                updated.push((h.id, new));
             }
         }
-        // Relays older than the timeout can never matter again.
-        peer.relays.retain(|_, r| fresh(r.at, timeout, now));
+        peer.unpruned += 1;
+        if peer.unpruned >= PRUNE_EVERY {
+            // Relays older than the timeout can never matter again.
+            peer.relays.retain(|_, r| fresh(r.at, timeout, now));
+            peer.unpruned = 0;
+        }
+        if !had_last {
+            self.heard += 1;
+        }
+        if restarted {
+            // Its earlier incarnation's relays are gone from the index; it may have
+            // said LEAVING before (it counts again).
+            self.drop_via(&via);
+            self.recount();
+            self.rare();
+        }
+        for (id, r) in &updated {
+            if *id == self.self_id && self.heard_us_at.is_none_or(|t| r.at > t) {
+                self.heard_us_at = Some(r.at);
+                lower(&mut self.horizon, r.at.checked_add(timeout));
+            }
+        }
+        if was_serving && !serving {
+            self.drop_via(&via);
+            self.rare();
+        } else if serving && !was_serving {
+            self.add_via(&via);
+            self.rare();
+        } else if serving {
+            let mut changed = false;
+            for (id, r) in updated {
+                if id != own && id != self.self_id {
+                    changed |= merge(&mut self.slots, id, r, &via, timeout, Some(now));
+                    lower(&mut self.horizon, r.at.checked_add(timeout));
+                }
+            }
+            self.view_changed |= changed;
+        }
+        self.mirror(&via);
+        lower(&mut self.horizon, now.checked_add(timeout));
+        lower(
+            &mut self.horizon,
+            idle_since.and_then(|t| t.checked_add(timeout)),
+        );
+        if revived || before != self.view_key(&via, now) {
+            self.view_changed = true;
+        }
         Observed::Accepted { revived }
     }
 
@@ -409,29 +739,14 @@ impl Detector {
     pub fn tick(&mut self, now: Instant) -> Tick {
         let mut out = Tick::default();
         let timeout = self.config.timeout;
-        for (name, p) in &mut self.peers {
-            // A peer heard directly that went silent: reported once, then its news lapses.
-            if p.last.is_some_and(|t| !fresh(t, timeout, now)) {
-                out.silent.push(name.clone());
-                p.last = None;
-            }
-        }
-        let dead_retained: Vec<String> = self
-            .retained
-            .keys()
-            .filter(|n| !self.news(n, now).is_some_and(|n| n.fresh))
-            .cloned()
-            .collect();
-        if !dead_retained.is_empty() {
-            for n in &dead_retained {
-                self.retained.remove(n);
-            }
-            self.reindex();
+        if self.scan_due || self.horizon.is_some_and(|h| now >= h) {
+            self.scan(now, &mut out.silent);
         }
         let serving = self.not_serving(now).is_none();
         if serving != self.serving {
             out.serving = Some(serving);
             self.serving = serving;
+            self.view_changed = true;
             if serving {
                 out.rejoined = self.served_before;
                 self.served_before = true;
@@ -448,6 +763,9 @@ impl Detector {
                     .then(|| now.checked_add(self.config.hold_down))
                     .flatten();
                 self.serving_since = Some(now);
+                for d in self.own_deadlines() {
+                    lower(&mut self.horizon, Some(d));
+                }
             } else {
                 self.settling_until = None;
                 self.serving_since = None;
@@ -456,31 +774,132 @@ impl Detector {
         out
     }
 
+    /// Every peer and relay, at `now`: silences (sorted into `silent`), retained members
+    /// that died, and the next horizon.
+    fn scan(&mut self, now: Instant, silent: &mut Vec<String>) {
+        let timeout = self.config.timeout;
+        let mut quiet: Vec<Arc<str>> = Vec::new();
+        for (name, p) in &mut self.peers {
+            // A peer heard directly that went silent: reported once, then its news lapses.
+            if p.last.is_some_and(|t| !fresh(t, timeout, now)) {
+                silent.push(name.clone());
+                quiet.push(p.name.clone());
+                p.last = None;
+            }
+        }
+        self.heard = self.heard.saturating_sub(quiet.len());
+        for name in &quiet {
+            self.mirror(name);
+        }
+        let dead_retained: Vec<String> = self
+            .retained
+            .keys()
+            .filter(|n| !self.news(n, now).is_some_and(|n| n.fresh))
+            .cloned()
+            .collect();
+        if !dead_retained.is_empty() {
+            for n in &dead_retained {
+                self.retained.remove(n);
+            }
+            self.reindex();
+        }
+        self.horizon = self.compute_horizon(now);
+        self.scan_due = false;
+        self.view_changed = true;
+    }
+
+    /// The earliest instant after `now` at which something may change with time alone
+    /// (O(peers + relay index)).
+    fn compute_horizon(&self, now: Instant) -> Option<Instant> {
+        let timeout = self.config.timeout;
+        let after = |t: Instant| t.checked_add(timeout);
+        let direct = self.peers.values().filter_map(|p| p.last.and_then(after));
+        let idle = self
+            .peers
+            .values()
+            .filter(|p| p.last.is_some())
+            .filter_map(|p| p.idle_since.and_then(after));
+        let relayed = self
+            .slots
+            .values()
+            .filter_map(|s| s.relay.as_ref().and_then(|r| after(r.at)));
+        let heard_us = self.heard_us_at.and_then(after);
+        direct
+            .chain(idle)
+            .chain(relayed)
+            .chain(heard_us)
+            .chain(self.own_deadlines())
+            .filter(|t| *t > now)
+            .min()
+    }
+
+    /// Our own deadlines: the end of settling and of the hold-down, each plus the grace.
+    fn own_deadlines(&self) -> Vec<Instant> {
+        let grace = self.config.grace;
+        let settle = self
+            .settling_until
+            .filter(|_| self.serving)
+            .into_iter()
+            .flat_map(move |t| [Some(t), t.checked_add(grace)])
+            .flatten();
+        let hold_down = self.config.hold_down;
+        let establish = self.serving_since.into_iter().flat_map(move |s| {
+            [s.checked_add(hold_down), s.checked_add(grace)]
+                .into_iter()
+                .flatten()
+        });
+        settle.chain(establish).collect()
+    }
+
+    /// Whether the counts kept between scans hold at `now`.
+    fn cached(&self, now: Instant) -> bool {
+        !self.scan_due && self.horizon.is_none_or(|h| now < h)
+    }
+
     /// Why we do not serve at `now`, or `None` when we do.
     pub fn not_serving(&self, now: Instant) -> Option<NotServing> {
-        let timeout = self.config.timeout;
         if !self.ready {
             return Some(NotServing::NotReady);
         }
+        if !self.cached(now) {
+            return self.not_serving_slow(now);
+        }
+        let timeout = self.config.timeout;
         // Members that count: a fresh Lease (or one deleted while they beat), not LEAVING.
-        let counted: Vec<&str> = self
+        if self.counted == 0 {
+            return None;
+        }
+        // Until the horizon, every peer with a `last` was heard within the timeout.
+        if self.heard == 0 {
+            return Some(NotServing::HearNobody);
+        }
+        // A relay of us is never younger than its peer's last heartbeat: fresh means that
+        // peer is heard too.
+        if self.heard_us_at.is_some_and(|t| fresh(t, timeout, now)) {
+            return None;
+        }
+        if self.only_us(now) {
+            None
+        } else {
+            Some(NotServing::NobodyHearsUs)
+        }
+    }
+
+    /// [`Detector::not_serving`] from scratch (O(members)).
+    fn not_serving_slow(&self, now: Instant) -> Option<NotServing> {
+        let timeout = self.config.timeout;
+        let counted = self
             .members
             .iter()
             .filter(|(_, m)| m.fresh)
-            .map(|(n, _)| n.as_str())
-            .chain(self.retained.keys().map(String::as_str))
-            .filter(|n| self.peers.get(*n).is_none_or(|p| p.left_at.is_none()))
-            .collect();
-        if counted.is_empty() {
+            .map(|(n, _)| n)
+            .chain(self.retained.keys())
+            .any(|n| self.peers.get(n).is_none_or(|p| p.left_at.is_none()));
+        if !counted {
             return None;
         }
         let heard = |p: &Peer| p.last.is_some_and(|t| fresh(t, timeout, now));
-        let heard_peers: Vec<&Peer> = self
-            .peers
-            .iter()
-            .filter(|(name, p)| self.member(name).is_some() && heard(p))
-            .map(|(_, p)| p)
-            .collect();
+        let heard_peers: Vec<&Peer> = self.peers.values().filter(|p| heard(p)).collect();
         if heard_peers.is_empty() {
             return Some(NotServing::HearNobody);
         }
@@ -489,21 +908,32 @@ impl Detector {
                 .get(&self.self_id)
                 .is_some_and(|r| fresh(r.at, timeout, now))
         });
-        // Nobody hears us, but we hear every member that counts and none has served for a
-        // timeout: they hear nobody (else they would hear each other, or us, and serve), so
-        // we alone can. Two nodes with one direction lost end here.
-        let only_us = counted.iter().all(|n| {
-            self.peers.get(*n).is_some_and(|p| {
-                heard(p)
-                    && p.idle_since
-                        .is_some_and(|s| s.checked_add(timeout).is_some_and(|d| d <= now))
-            })
-        });
-        if hears_us || only_us {
+        if hears_us || self.only_us(now) {
             None
         } else {
             Some(NotServing::NobodyHearsUs)
         }
+    }
+
+    /// Nobody hears us, but we hear every member that counts and none has served for a
+    /// timeout: they hear nobody (else they would hear each other, or us, and serve), so
+    /// we alone can. Two nodes with one direction lost end here. O(members): only asked
+    /// when no peer hears us.
+    fn only_us(&self, now: Instant) -> bool {
+        let timeout = self.config.timeout;
+        self.members
+            .iter()
+            .filter(|(_, m)| m.fresh)
+            .map(|(n, _)| n)
+            .chain(self.retained.keys())
+            .filter(|n| self.peers.get(*n).is_none_or(|p| p.left_at.is_none()))
+            .all(|n| {
+                self.peers.get(n).is_some_and(|p| {
+                    p.last.is_some_and(|t| fresh(t, timeout, now))
+                        && p.idle_since
+                            .is_some_and(|s| s.checked_add(timeout).is_some_and(|d| d <= now))
+                })
+            })
     }
 
     /// Whether we serve (as of the last tick).
@@ -526,50 +956,53 @@ impl Detector {
     /// The freshest news of member `name`: direct or relayed by a serving peer we hear.
     fn news(&self, name: &str, now: Instant) -> Option<News<'_>> {
         let timeout = self.config.timeout;
-        let id = node_id(name);
-        let unique = self
-            .ids
-            .get(&id)
-            .is_some_and(|n| n.as_deref() == Some(name));
         let peer = self.peers.get(name);
-        let mut best: Option<News<'_>> = peer.and_then(|p| {
+        let direct = peer.and_then(|p| {
             p.last.map(|at| News {
                 at,
                 serving: p.serving,
                 settled: p.settled,
                 interfaces: Some(&p.interfaces),
+                via: None,
                 fresh: false,
             })
         });
-        if unique {
-            for (via, p) in &self.peers {
-                if via == name
-                    || !p.serving
-                    || !p.last.is_some_and(|t| fresh(t, timeout, now))
-                    || self.member(via).is_none()
-                {
-                    continue;
-                }
-                let Some(r) = p.relays.get(&id) else { continue };
-                if best.as_ref().is_none_or(|b| r.at > b.at) {
-                    let known = peer
-                        .filter(|x| !x.interfaces.is_empty())
-                        .map(|x| &x.interfaces);
-                    best = Some(News {
-                        at: r.at,
-                        serving: r.serving,
-                        settled: r.settled,
-                        interfaces: known.or(Some(&p.interfaces)),
-                        fresh: false,
-                    });
-                }
+        let relay = self
+            .id_of
+            .get(name)
+            .and_then(|id| self.slots.get(id))
+            .filter(|s| *s.name == *name)
+            .and_then(|s| s.relay.as_ref())
+            .filter(|r| direct.as_ref().is_none_or(|d| r.at > d.at));
+        let best = match relay {
+            Some(r) => {
+                let known = peer
+                    .filter(|x| !x.interfaces.is_empty())
+                    .map(|x| &x.interfaces);
+                let via = self.peers.get(&*r.via).map(|v| &v.interfaces);
+                Some(News {
+                    at: r.at,
+                    serving: r.serving,
+                    settled: r.settled,
+                    interfaces: known.or(via),
+                    via: known.is_none().then(|| key_of(&r.via)),
+                    fresh: false,
+                })
             }
-        }
+            None => direct,
+        };
         let left_at = peer.and_then(|p| p.left_at);
         best.map(|mut b| {
             b.fresh = fresh(b.at, timeout, now) && left_at.is_none_or(|l| b.at > l);
             b
         })
+    }
+
+    /// What member `name` looks like in the view at `now`, for change detection.
+    fn view_key(&self, name: &str, now: Instant) -> ViewKey {
+        self.news(name, now)
+            .filter(|n| n.fresh && n.serving)
+            .map(|n| (n.settled, n.via))
     }
 
     /// The speakers that may announce at `now`: us while we serve, and every member whose
@@ -615,13 +1048,12 @@ impl Detector {
     pub fn outgoing(&self, now: Instant) -> Outgoing {
         let mut heard: Vec<Heard> = self
             .peers
-            .iter()
-            .filter(|(name, _)| self.member(name).is_some())
-            .filter_map(|(name, p)| {
+            .values()
+            .filter_map(|p| {
                 let at = p.last.filter(|t| fresh(*t, self.config.timeout, now))?;
                 let age = now.saturating_duration_since(at).as_millis();
                 Some(Heard {
-                    id: node_id(name),
+                    id: p.id,
                     age_ms: u16::try_from(age).unwrap_or(u16::MAX),
                     serving: p.serving,
                     settled: p.settled,
@@ -640,46 +1072,75 @@ impl Detector {
 
     /// The next instant after `now` at which [`Detector::tick`] or [`Detector::alive`] may
     /// change without a heartbeat; `None` = only a heartbeat or a membership change can.
+    /// May be earlier than the change (a wake-up that finds nothing to do), never later.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        let timeout = self.config.timeout;
-        let direct = self
-            .peers
-            .values()
-            .filter_map(|p| p.last)
-            .filter_map(|t| t.checked_add(timeout));
-        let relayed = self
-            .peers
-            .values()
-            .filter(|p| p.last.is_some())
-            .flat_map(|p| p.relays.values())
-            .filter_map(|r| r.at.checked_add(timeout));
-        let settle = self
-            .settling_until
-            .filter(|_| self.serving)
-            .into_iter()
-            .flat_map(|t| [Some(t), t.checked_add(self.config.grace)])
-            .flatten();
-        let establish = self.serving_since.into_iter().flat_map(|s| {
-            [
-                s.checked_add(self.config.hold_down),
-                s.checked_add(self.config.grace),
-            ]
-            .into_iter()
-            .flatten()
-        });
-        let idle = self
-            .peers
-            .values()
-            .filter(|p| p.last.is_some())
-            .filter_map(|p| p.idle_since)
-            .filter_map(|t| t.checked_add(timeout));
-        direct
-            .chain(relayed)
-            .chain(settle)
-            .chain(establish)
-            .chain(idle)
-            .filter(|t| *t > now)
-            .min()
+        if self.cached(now) {
+            return self.horizon;
+        }
+        self.compute_horizon(now)
+    }
+}
+
+/// Offers relay `r` of node `id` by serving peer `via` to the index. With `now`, returns
+/// whether the node's view entry may have changed (without, the caller assumes it may).
+fn merge(
+    slots: &mut IdMap<Slot>,
+    id: u32,
+    r: Relayed,
+    via: &Arc<str>,
+    timeout: Duration,
+    now: Option<Instant>,
+) -> bool {
+    let Some(slot) = slots.get_mut(&id) else {
+        return false;
+    };
+    let replace = match &slot.relay {
+        None => true,
+        Some(b) => Arc::ptr_eq(&b.via, via) || r.at > b.at || (r.at == b.at && **via < *b.via),
+    };
+    if !replace {
+        return false;
+    }
+    let before = now.map(|now| slot_key(slot, timeout, now));
+    slot.relay = Some(Best {
+        at: r.at,
+        serving: r.serving,
+        settled: r.settled,
+        via: via.clone(),
+    });
+    before.is_none_or(|b| now.is_none_or(|now| b != slot_key(slot, timeout, now)))
+}
+
+/// [`Detector::view_key`] of a slot's member, from the slot alone.
+fn slot_key(slot: &Slot, timeout: Duration, now: Instant) -> ViewKey {
+    let d = &slot.direct;
+    let (at, serving, settled, via) = match &slot.relay {
+        Some(r) if d.at.is_none_or(|a| r.at > a) => (
+            r.at,
+            r.serving,
+            r.settled,
+            (!d.has_interfaces).then(|| key_of(&r.via)),
+        ),
+        _ => {
+            let at = d.at?;
+            (at, d.serving, d.settled, None)
+        }
+    };
+    let fresh = fresh(at, timeout, now) && d.left_at.is_none_or(|l| at > l);
+    (fresh && serving).then_some((settled, via))
+}
+
+/// Identifies a relaying peer in a [`ViewKey`] (by the address of its shared name).
+fn key_of(via: &Arc<str>) -> usize {
+    Arc::as_ptr(via).cast::<u8>() as usize
+}
+
+/// Moves `horizon` earlier to `t` (a new deadline).
+fn lower(horizon: &mut Option<Instant>, t: Option<Instant>) {
+    if let Some(t) = t
+        && horizon.is_none_or(|h| t < h)
+    {
+        *horizon = Some(t);
     }
 }
 
@@ -702,6 +1163,8 @@ struct News<'a> {
     serving: bool,
     settled: bool,
     interfaces: Option<&'a BTreeSet<String>>,
+    /// The relaying peer its interfaces come from ([`key_of`]), when not from itself.
+    via: Option<usize>,
     /// Younger than the timeout, and not older than a LEAVING of its incarnation.
     fresh: bool,
 }
@@ -711,5 +1174,9 @@ fn fresh(t: Instant, timeout: Duration, now: Instant) -> bool {
     t.checked_add(timeout).is_none_or(|d| now < d)
 }
 
+#[cfg(test)]
+mod equivalence;
+#[cfg(test)]
+mod reference;
 #[cfg(test)]
 mod tests;

@@ -1,51 +1,73 @@
-//! The heartbeat shell: one UDP socket, one tokio task, the pure detector inside.
+//! The heartbeat shell: one UDP socket, one thread of its own, the engine inside.
 //!
 //! ```text
-//!            ┌───────────────────────── task loop (select!) ─────────────────────────┐
-//!  ticker ──▶│ send Heartbeat{seq+1, serving, settled, heard} to every peer          │
-//!  socket ──▶│ decode (current key, then the other accepted one) ─▶ Detector::observe│
-//!  deadline ▶│ (sleep_until Detector::next_deadline)                                 │
-//!  peers ───▶│ Detector::set_members (with Lease incarnations), new send targets     │
-//!  ifaces ──▶│ Detector::set_self_interfaces, send a heartbeat at once               │
-//!  ready ───▶│ Detector::set_ready (caches synced, responders can open)              │
-//!  leave() ─▶│ 3 × LEAVING, 10 ms apart, then stop sending                          │
-//!            │ after every event: Detector::tick(now); publish view and serving state │
-//!            └──────────────────────────────────────────────────────────────┬────────┘
+//!   thread "flb-heartbeats" (its own current-thread tokio runtime), loop, biased:
+//!  leave() ─▶│ 3 × LEAVING to every peer, 10 ms apart, then stop sending               │
+//!  pacer ───▶│ the slots due: Engine::next_slot ─▶ signed heartbeat to ≤ 32 peers each │
+//!  deadline ▶│ read what is queued (≤ 1,024, ≤ 25 ms), then tick                       │
+//!  peers ───▶│ Engine::set_peers; kernel source filter; socket buffers for N peers     │
+//!  ifaces ──▶│ Engine::set_interfaces, a heartbeat to every peer at once               │
+//!  ready ───▶│ Engine::set_ready (caches synced, responders can open)                  │
+//!  socket ──▶│ ≤ 64 datagrams (≤ 2 ms): Engine::receive (source, HMAC, rate limits,    │
+//!            │ signature, detector)                                                     │
+//!            │ after every event: Engine::tick; publish the view (only when it may have │
+//!            │ changed) and why we do not serve                                         │
+//!            └──────────────────────────────────────────────────────────────┬─────────┘
 //!                       watch::Receiver<AliveView>, watch::Receiver<Option<NotServing>>
 //! ```
 //!
-//! Time is tokio's clock (`tokio::time::Instant`), converted for the detector, so expiry is
-//! noticed at the deadline (tokio's timer resolution is 1 ms) without polling. Dropping the
-//! [`Liveness`] handle stops the task: peers then see this node die after the timeout.
+//! The thread is the heartbeats' own: a busy main runtime (a big re-list, a world rebuild)
+//! cannot delay a send or a receive. What is due (sends, the deadline) is judged by the
+//! clock on every turn of the loop, before the socket, and each read batch is bounded, so
+//! a socket that is always readable (a flood) cannot delay them either: under a flood the
+//! task never waits, and the runtime's timers alone would fire seconds late. A flood from
+//! an address (and port) that is no member's is dropped by the kernel ([`super::filter`])
+//! before it is queued; one spoofing a member's costs an HMAC per datagram, and a member's
+//! own at most its source's rate of signature checks ([`super::limits`]). The thread's
+//! priority is the process's: raising it needs `CAP_SYS_NICE`, which the speaker does not
+//! have.
+//!
+//! Time is tokio's clock (`tokio::time::Instant`), converted for the engine, so expiry is
+//! noticed at the deadline (tokio's timer resolution is 1 ms) without polling an idle loop. Dropping the
+//! [`Liveness`] handle stops the thread: peers then see this node die after the timeout.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{debug, info, trace, warn};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
-use super::codec::{self, DecodeError, Heard, Heartbeat, Key, KeyError, Malformed};
-use super::detector::{AliveView, Config, Detector, Member, NotServing, Observed};
+use super::codec::{self, Key, KeyError, Malformed, SigningKey, VerifyingKey};
+use super::detector::{AliveView, Config, NotServing};
+use super::engine::{Batch, Counters, Engine};
+use super::{filter, limits};
+
+pub use super::engine::{CountersSnapshot, PeerAddr};
 
 /// How many LEAVING datagrams [`Liveness::leave`] sends, so one lost packet does not matter.
 pub const LEAVE_REPEATS: u32 = 3;
 /// Pause between the LEAVING repeats.
 pub const LEAVE_SPACING: Duration = Duration::from_millis(10);
-/// Receive buffer requested for the heartbeat socket (best effort).
-const RECV_BUFFER: usize = 1 << 20;
 /// DSCP CS6 (network control) in the TOS / traffic-class byte: heartbeats go first in queues.
 const TOS_CS6: u32 = 0xc0;
+/// Most datagrams read per wake-up before the loop looks at its timers again.
+const READ_BATCH: usize = 64;
+/// Longest a read batch may take before the loop looks at its timers again.
+const READ_BUDGET: Duration = Duration::from_millis(2);
+/// Most datagrams read before a deadline tick (what queued while the thread was stalled).
+const DEADLINE_DRAIN: usize = 1024;
+/// Longest that reading may take before a deadline tick (sends wait meanwhile).
+const DEADLINE_BUDGET: Duration = Duration::from_millis(25);
 
-/// Configuration of the heartbeat task.
+/// Configuration of the heartbeat thread.
 #[derive(Clone)]
 pub struct LivenessConfig {
     /// Our Kubernetes Node name, sent in every heartbeat.
@@ -112,13 +134,25 @@ pub fn random_incarnation() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one(std::process::id())
 }
 
-/// Why the heartbeat task could not start (all are configuration or host errors: not retryable
-/// except `Bind`, which may succeed once the address is free).
+/// A fresh Ed25519 key for this start, from the OS's random source (`getrandom(2)` on
+/// Linux): it signs our heartbeats, and its public half goes into our Lease. A new key per
+/// start, like the incarnation; it never leaves the process.
+pub fn generate_signing_key() -> Result<SigningKey, getrandom::Error> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Why the heartbeat thread could not start (all are configuration or host errors: not
+/// retryable except `Bind`, which may succeed once the address is free).
 #[derive(Debug, thiserror::Error)]
 pub enum LivenessError {
     /// The shared secret is too short.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The OS's random source failed, so there is no key to sign heartbeats with.
+    #[error("cannot draw a heartbeat signing key from the OS random source: {0}")]
+    Random(getrandom::Error),
     /// Our node name cannot be sent in a heartbeat.
     #[error("node name cannot be sent in a heartbeat: {0}")]
     InvalidNode(Malformed),
@@ -139,96 +173,13 @@ pub enum LivenessError {
         /// The OS error.
         source: io::Error,
     },
-}
-
-/// Live counters, updated by the task without locks.
-#[derive(Debug, Default)]
-struct Counters {
-    sent: AtomicU64,
-    send_errors: AtomicU64,
-    received: AtomicU64,
-    recv_errors: AtomicU64,
-    accepted: AtomicU64,
-    rejected_bad_tag: AtomicU64,
-    rejected_stale: AtomicU64,
-    rejected_malformed: AtomicU64,
-    rejected_version: AtomicU64,
-    rejected_unknown_node: AtomicU64,
-    rejected_unknown_source: AtomicU64,
-    peer_deaths: AtomicU64,
-    isolations: AtomicU64,
-}
-
-fn inc(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A point-in-time copy of the counters, for metrics and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CountersSnapshot {
-    /// Heartbeat datagrams handed to the OS.
-    pub sent: u64,
-    /// Sends that failed (unreachable, buffer full, family mismatch); never fatal.
-    pub send_errors: u64,
-    /// Datagrams read from the socket.
-    pub received: u64,
-    /// Socket read errors.
-    pub recv_errors: u64,
-    /// Heartbeats that passed every check (LEAVING included).
-    pub accepted: u64,
-    /// Rejected: HMAC mismatch (wrong key, forgery, corruption).
-    pub rejected_bad_tag: u64,
-    /// Rejected: replayed, duplicated, reordered or from an old incarnation.
-    pub rejected_stale: u64,
-    /// Rejected: too short, too long, not ours (magic) or malformed body.
-    pub rejected_malformed: u64,
-    /// Rejected: another wire version (mixed versions during an upgrade).
-    pub rejected_version: u64,
-    /// Rejected: from a node that is not a member, or carrying our own name.
-    pub rejected_unknown_node: u64,
-    /// Dropped before any hashing: the source address is no member's heartbeat address
-    /// (LAN noise or a flood; costs one lookup, not an HMAC).
-    pub rejected_unknown_source: u64,
-    /// Peers declared dead (timeout or LEAVING).
-    pub peer_deaths: u64,
-    /// Times this speaker stopped serving because it was cut off from its peers.
-    pub isolations: u64,
-}
-
-impl Counters {
-    fn snapshot(&self) -> CountersSnapshot {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        CountersSnapshot {
-            sent: g(&self.sent),
-            send_errors: g(&self.send_errors),
-            received: g(&self.received),
-            recv_errors: g(&self.recv_errors),
-            accepted: g(&self.accepted),
-            rejected_bad_tag: g(&self.rejected_bad_tag),
-            rejected_stale: g(&self.rejected_stale),
-            rejected_malformed: g(&self.rejected_malformed),
-            rejected_version: g(&self.rejected_version),
-            rejected_unknown_node: g(&self.rejected_unknown_node),
-            rejected_unknown_source: g(&self.rejected_unknown_source),
-            peer_deaths: g(&self.peer_deaths),
-            isolations: g(&self.isolations),
-        }
-    }
+    /// The heartbeat thread or its runtime could not be started.
+    #[error("starting the heartbeat thread: {0}")]
+    Thread(io::Error),
 }
 
 enum Command {
     Leave(oneshot::Sender<()>),
-}
-
-/// Handle to the running heartbeat task; dropping it stops the task (without LEAVING).
-#[derive(Debug)]
-pub struct Liveness {
-    commands: mpsc::Sender<Command>,
-    counters: Arc<Counters>,
-    local_addr: SocketAddr,
-    rejoins: watch::Receiver<u64>,
-    not_serving: watch::Receiver<Option<NotServing>>,
-    task: JoinHandle<()>,
 }
 
 impl fmt::Debug for Command {
@@ -237,13 +188,27 @@ impl fmt::Debug for Command {
     }
 }
 
+/// Handle to the running heartbeat thread; dropping it stops the thread (without LEAVING).
+#[derive(Debug)]
+pub struct Liveness {
+    commands: mpsc::Sender<Command>,
+    counters: Arc<Counters>,
+    local_addr: SocketAddr,
+    public_key: VerifyingKey,
+    rejoins: watch::Receiver<u64>,
+    not_serving: watch::Receiver<Option<NotServing>>,
+    stopped: Arc<AtomicBool>,
+}
+
 impl Liveness {
-    /// Binds the socket and starts the task (must be called inside a tokio runtime).
+    /// Binds the socket and starts the heartbeat thread (callable from anywhere: the
+    /// thread runs a runtime of its own).
     ///
-    /// `peers` maps each member's node name to its heartbeat address and published
-    /// incarnation (our own entry, if present, is ignored); `interfaces` is our usable
+    /// `peers` maps each member's node name to its heartbeat address, published incarnation
+    /// and public key (our own entry, if present, is ignored); `interfaces` is our usable
     /// interface set; `ready` says whether we can answer at all. The returned receiver
-    /// holds the alive view (us included only while we serve).
+    /// holds the alive view (us included only while we serve). A signing key is drawn for
+    /// this start: publish [`Liveness::public_key`] in our Lease.
     pub fn spawn(
         cfg: LivenessConfig,
         peers: watch::Receiver<BTreeMap<String, PeerAddr>>,
@@ -261,6 +226,8 @@ impl Liveness {
                 timeout: cfg.timeout,
             });
         }
+        let signer = generate_signing_key().map_err(LivenessError::Random)?;
+        let public_key = signer.verifying_key();
         let socket = bind(cfg.bind).map_err(|source| LivenessError::Bind {
             addr: cfg.bind,
             source,
@@ -269,51 +236,67 @@ impl Liveness {
             addr: cfg.bind,
             source,
         })?;
-        let detector = Detector::new(
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(LivenessError::Thread)?;
+        let counters = Arc::new(Counters::default());
+        let now = Instant::now();
+        let engine = Engine::new(
             cfg.node.clone(),
-            BTreeSet::new(),
+            cfg.incarnation,
+            cfg.interval,
             Config {
                 timeout: cfg.timeout,
                 hold_down: cfg.hold_down,
                 // Three heartbeats: peers have heard our new state before we act on it.
                 grace: cfg.interval * 3,
             },
+            keys,
+            signer,
+            counters.clone(),
+            now.into_std(),
         );
-        let now = Instant::now().into_std();
-        let (view_tx, view_rx) = watch::channel(detector.alive(now));
-        let (serving_tx, serving_rx) = watch::channel(detector.not_serving(now));
+        let (view_tx, view_rx) = watch::channel(engine.detector().alive(now.into_std()));
+        let (serving_tx, serving_rx) =
+            watch::channel(engine.detector().not_serving(now.into_std()));
         let (rejoin_tx, rejoin_rx) = watch::channel(0u64);
         let (cmd_tx, cmd_rx) = mpsc::channel(4);
-        let counters = Arc::new(Counters::default());
-        let incarnation = cfg.incarnation;
-        info!(node = %cfg.node, addr = %local_addr, incarnation, "heartbeats starting");
+        let stopped = Arc::new(AtomicBool::new(false));
+        info!(node = %cfg.node, addr = %local_addr, incarnation = cfg.incarnation,
+            "heartbeats starting");
         let task = Task {
-            socket,
             v6: local_addr.is_ipv6(),
-            keys,
-            node: cfg.node,
-            incarnation,
-            seq: 0,
             interval: cfg.interval,
-            detector,
-            targets: BTreeMap::new(),
-            sources: Default::default(),
-            interfaces: BTreeSet::new(),
-            left: false,
-            counters: counters.clone(),
+            engine,
+            filtered: None,
+            buffers_for: None,
+            stopped: stopped.clone(),
             view_tx,
             serving_tx,
             rejoin_tx,
         };
-        let task = tokio::spawn(task.run(peers, interfaces, ready, cmd_rx));
+        std::thread::Builder::new()
+            .name("flb-heartbeats".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // Registered with this thread's reactor.
+                    match UdpSocket::from_std(socket) {
+                        Ok(socket) => task.run(socket, peers, interfaces, ready, cmd_rx).await,
+                        Err(error) => warn!(%error, "heartbeat socket unusable; stopping"),
+                    }
+                });
+            })
+            .map_err(LivenessError::Thread)?;
         Ok((
             Liveness {
                 commands: cmd_tx,
                 counters,
                 local_addr,
+                public_key,
                 rejoins: rejoin_rx,
                 not_serving: serving_rx,
-                task,
+                stopped,
             },
             view_rx,
         ))
@@ -349,16 +332,24 @@ impl Liveness {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
+
+    /// The public key of this start's signing key: what our Lease must publish, or peers
+    /// that know an older key of ours reject our heartbeats.
+    pub fn public_key(&self) -> VerifyingKey {
+        self.public_key
+    }
 }
 
 impl Drop for Liveness {
     fn drop(&mut self) {
-        self.task.abort();
+        // The thread sees the flag before its next send, and the closed command channel
+        // wakes it up; it then returns without LEAVING.
+        self.stopped.store(true, Ordering::SeqCst);
     }
 }
 
 /// A non-blocking UDP socket; dual-stack when IPv6, DSCP CS6 when the OS allows it.
-fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
@@ -368,68 +359,56 @@ fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
         let _ = socket.set_tos_v4(TOS_CS6);
     }
     socket.set_nonblocking(true)?;
-    // Room for bursts (a flood from the LAN, a late wake-up) before the kernel drops
-    // heartbeats; the kernel caps it at net.core.rmem_max.
-    let _ = socket.set_recv_buffer_size(RECV_BUFFER);
+    // Until the members are known, no source may pass (the kernel drops everything).
+    if let Some(prog) = filter::source_filter([]) {
+        let _ = socket.attach_filter(&filter::to_socket(&prog));
+    }
+    // Room for bursts (a late wake-up) before the kernel drops heartbeats; resized for the
+    // number of peers once known. The kernel caps it at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(limits::recv_buffer(0));
+    let _ = socket.set_send_buffer_size(limits::send_buffer(0));
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
-/// Where a member listens for heartbeats, and what its Lease says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr {
-    /// Heartbeat address.
-    pub addr: SocketAddr,
-    /// Published incarnation; `None` (a Lease without one) accepts any newer heartbeat.
-    pub incarnation: Option<u64>,
-    /// The Lease was renewed within its duration, as observed by this speaker.
-    pub fresh: bool,
+/// Sizes the socket's buffers for `peers` peers ([`limits::send_buffer`],
+/// [`limits::recv_buffer`]); says so when the kernel caps them.
+fn apply_buffers(sock: &SockRef<'_>, peers: usize) {
+    let (want_snd, want_rcv) = (limits::send_buffer(peers), limits::recv_buffer(peers));
+    let _ = sock.set_send_buffer_size(want_snd);
+    let _ = sock.set_recv_buffer_size(want_rcv);
+    // The kernel reports twice what it grants; less than asked is its cap.
+    if let (Ok(snd), Ok(rcv)) = (sock.send_buffer_size(), sock.recv_buffer_size())
+        && (snd < want_snd || rcv < want_rcv)
+    {
+        info!(
+            peers,
+            send = snd,
+            receive = rcv,
+            want_snd,
+            want_rcv,
+            "heartbeat socket buffers capped by the kernel (net.core.wmem_max, rmem_max)"
+        );
+    }
+}
+
+/// When the next slot of heartbeats is due.
+struct Pacer {
+    next: Instant,
 }
 
 struct Task {
-    socket: UdpSocket,
     v6: bool,
-    /// The key we sign with first, then the other accepted one.
-    keys: Vec<Key>,
-    node: String,
-    incarnation: u64,
-    seq: u64,
     interval: Duration,
-    detector: Detector,
-    /// Peer node → heartbeat address (ourselves excluded).
-    targets: BTreeMap<String, SocketAddr>,
-    /// The IP addresses of `targets` (IPv4-mapped ones as IPv4): the accepted sources.
-    sources: std::collections::HashSet<IpAddr>,
-    /// Our usable interfaces, as sent (invalid names dropped).
-    interfaces: BTreeSet<String>,
-    left: bool,
-    counters: Arc<Counters>,
+    engine: Engine,
+    /// The source set the kernel filter was built for (`None`: not yet).
+    filtered: Option<std::collections::HashSet<SocketAddr>>,
+    /// The number of peers the socket buffers were sized for.
+    buffers_for: Option<usize>,
+    stopped: Arc<AtomicBool>,
     view_tx: watch::Sender<AliveView>,
     serving_tx: watch::Sender<Option<NotServing>>,
     rejoin_tx: watch::Sender<u64>,
-}
-
-/// `ip`, with an IPv4-mapped IPv6 address (what a dual-stack socket reports for IPv4
-/// peers) as plain IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// The part of `heard` that fits one heartbeat: all of it when it fits, else a window of
-/// `capacity` entries that moves on with every heartbeat, so each peer is listed at least
-/// every ⌈len / capacity⌉ heartbeats (receivers keep the freshest news they got).
-fn heard_window(heard: Vec<Heard>, capacity: usize, seq: u64) -> Vec<Heard> {
-    if heard.len() <= capacity {
-        return heard;
-    }
-    let len = heard.len();
-    let start = usize::try_from(seq.wrapping_mul(capacity as u64) % len as u64).unwrap_or(0);
-    let mut window: Vec<Heard> = (0..capacity).map(|k| heard[(start + k) % len]).collect();
-    window.sort_by_key(|h| h.id);
-    window
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -439,162 +418,182 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Why the loop woke up.
+enum Woke {
+    Other,
+    Deadline,
+    Readable,
+}
+
 impl Task {
     async fn run(
         mut self,
+        socket: UdpSocket,
         mut peers: watch::Receiver<BTreeMap<String, PeerAddr>>,
         mut interfaces: watch::Receiver<BTreeSet<String>>,
         mut ready: watch::Receiver<bool>,
         mut commands: mpsc::Receiver<Command>,
     ) {
-        self.set_peers(&peers.borrow_and_update().clone());
-        self.set_interfaces(&interfaces.borrow_and_update().clone());
-        self.detector.set_ready(*ready.borrow_and_update());
-        self.publish();
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let now = Instant::now();
+        self.set_peers(&socket, &peers.borrow_and_update().clone(), now);
+        self.engine
+            .set_interfaces(&interfaces.borrow_and_update().clone());
+        self.engine.set_ready(*ready.borrow_and_update());
+        self.tick(Instant::now());
+        let mut pacer = Pacer { next: now };
         let (mut peers_open, mut ifaces_open, mut ready_open) = (true, true, true);
         // Largest valid heartbeat is codec::MAX_LEN; anything bigger is read truncated and
         // then refused as too long.
         let mut buf = vec![0u8; codec::MAX_LEN + 1];
         loop {
-            let now = Instant::now().into_std();
-            let deadline = self.detector.next_deadline(now).map(Instant::from_std);
-            let mut dirty = false;
-            tokio::select! {
-                _ = ticker.tick(), if !self.left => self.send_heartbeat(false),
-                received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((len, from)) => dirty = self.on_datagram(&buf[..len], from),
-                    Err(error) => {
-                        inc(&self.counters.recv_errors);
-                        debug!(%error, "heartbeat receive failed");
-                    }
-                },
-                () = sleep_until(deadline) => {}
-                changed = peers.changed(), if peers_open => match changed {
-                    Ok(()) => {
-                        self.set_peers(&peers.borrow_and_update().clone());
-                        dirty = true;
-                    }
-                    Err(_) => peers_open = false,
-                },
-                changed = interfaces.changed(), if ifaces_open => match changed {
-                    Ok(()) => {
-                        self.set_interfaces(&interfaces.borrow_and_update().clone());
-                        if !self.left {
-                            self.send_heartbeat(false);
-                        }
-                        dirty = true;
-                    }
-                    Err(_) => ifaces_open = false,
-                },
-                changed = ready.changed(), if ready_open => match changed {
-                    Ok(()) => {
-                        // Members first: ready with an empty member list would look alone.
-                        if peers.has_changed().unwrap_or(false) {
-                            self.set_peers(&peers.borrow_and_update().clone());
-                        }
-                        self.detector.set_ready(*ready.borrow_and_update());
-                        dirty = true;
-                    }
-                    Err(_) => ready_open = false,
-                },
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            let sending = !self.engine.left();
+            // What is due by the clock first. Under a flood the socket is always readable,
+            // so this task never waits and the runtime's timer driver is seldom polled: a
+            // `sleep` alone would fire seconds late. The timers below only wake an idle loop.
+            let now = Instant::now();
+            if sending && now >= pacer.next {
+                self.send_due(&socket, &mut pacer);
+            }
+            let deadline = self
+                .engine
+                .next_deadline(now.into_std())
+                .map(Instant::from_std);
+            if deadline.is_some_and(|d| now >= d) {
+                self.read(&socket, &mut buf, DEADLINE_DRAIN, DEADLINE_BUDGET);
+                self.tick(Instant::now());
+                continue;
+            }
+            // Branches in order of urgency: a readable socket (a flood) never delays a
+            // send, a deadline or a command.
+            let woke = tokio::select! {
+                biased;
                 command = commands.recv() => match command {
                     Some(Command::Leave(done)) => {
-                        self.leave().await;
+                        self.leave(&socket).await;
                         let _ = done.send(());
+                        Woke::Other
                     }
                     None => return,
                 },
+                () = tokio::time::sleep_until(pacer.next), if sending => {
+                    self.send_due(&socket, &mut pacer);
+                    Woke::Other
+                }
+                () = sleep_until(deadline) => Woke::Deadline,
+                changed = peers.changed(), if peers_open => {
+                    match changed {
+                        Ok(()) => {
+                            let p = peers.borrow_and_update().clone();
+                            self.set_peers(&socket, &p, Instant::now());
+                        }
+                        Err(_) => peers_open = false,
+                    }
+                    Woke::Other
+                }
+                changed = interfaces.changed(), if ifaces_open => {
+                    match changed {
+                        Ok(()) => {
+                            let wanted = interfaces.borrow_and_update().clone();
+                            self.engine.set_interfaces(&wanted);
+                            if sending {
+                                let b = self.engine.all(Instant::now().into_std());
+                                self.send(&socket, &b);
+                            }
+                        }
+                        Err(_) => ifaces_open = false,
+                    }
+                    Woke::Other
+                }
+                changed = ready.changed(), if ready_open => {
+                    match changed {
+                        Ok(()) => {
+                            // Members first: ready with an empty member list would look alone.
+                            if peers.has_changed().unwrap_or(false) {
+                                let p = peers.borrow_and_update().clone();
+                                self.set_peers(&socket, &p, Instant::now());
+                            }
+                            self.engine.set_ready(*ready.borrow_and_update());
+                        }
+                        Err(_) => ready_open = false,
+                    }
+                    Woke::Other
+                }
+                readable = socket.readable() => {
+                    if let Err(error) = readable {
+                        self.engine.counters().recv_error();
+                        debug!(%error, "heartbeat socket not readable");
+                    }
+                    Woke::Readable
+                }
+            };
+            match woke {
+                Woke::Readable => self.read(&socket, &mut buf, READ_BATCH, READ_BUDGET),
+                // If this thread was stalled (CPU starvation, a VM pause), its peers were not
+                // silent, it was deaf: what they sent meanwhile is queued here, read it first.
+                Woke::Deadline => self.read(&socket, &mut buf, DEADLINE_DRAIN, DEADLINE_BUDGET),
+                Woke::Other => {}
             }
-            self.tick(dirty);
+            self.tick(Instant::now());
         }
     }
 
-    fn set_peers(&mut self, peers: &BTreeMap<String, PeerAddr>) {
-        let old = std::mem::take(&mut self.targets);
-        self.targets = peers
-            .iter()
-            .filter(|(node, _)| **node != self.node)
-            .map(|(node, p)| (node.clone(), p.addr))
-            .collect();
-        let members = peers
-            .iter()
-            .map(|(node, p)| {
-                let m = Member {
-                    incarnation: p.incarnation,
-                    fresh: p.fresh,
-                };
-                (node.clone(), m)
-            })
-            .collect();
-        self.detector
-            .set_members(members, Instant::now().into_std());
-        // Members whose Lease went away while they beat are kept (a cleanup, a prune):
-        // keep sending to them too, or they would stop hearing us.
-        for node in self.detector.retained() {
-            if let Some(addr) = old.get(node) {
-                self.targets.insert(node.clone(), *addr);
-            }
-        }
-        self.sources = self.targets.values().map(|a| canonical(a.ip())).collect();
-        debug!(peers = self.targets.len(), "heartbeat peers updated");
-    }
-
-    fn set_interfaces(&mut self, wanted: &BTreeSet<String>) {
-        let usable: BTreeSet<String> = wanted
-            .iter()
-            .filter(|name| codec::check_interface(name).is_ok())
-            .take(codec::MAX_INTERFACES)
-            .cloned()
-            .collect();
-        if usable.len() != wanted.len() {
-            let dropped: Vec<&String> = wanted.difference(&usable).collect();
-            warn!(
-                ?dropped,
-                "interfaces left out of heartbeats (invalid name or over the limit)"
-            );
-        }
-        self.detector.set_self_interfaces(usable.clone());
-        self.interfaces = usable;
-    }
-
-    fn send_heartbeat(&mut self, leaving: bool) {
-        self.seq += 1;
-        let now = Instant::now().into_std();
-        let out = self.detector.outgoing(now);
-        let hb = Heartbeat::new(
-            self.node.clone(),
-            self.incarnation,
-            self.seq,
-            self.interfaces.clone(),
-        )
-        .map(|hb| {
-            hb.with_leaving(leaving)
-                .with_state(out.serving && !leaving, out.settled)
-                .with_established(out.established && !leaving)
-        });
-        let hb = hb.and_then(|hb| {
-            let window = heard_window(out.heard, hb.heard_capacity(), self.seq);
-            hb.with_heard(window)
-        });
-        let hb = match hb {
-            Ok(hb) => hb,
-            Err(error) => {
-                // Unreachable: the node and interfaces were checked before, the window fits.
-                warn!(%error, "cannot build heartbeat");
-                return;
-            }
-        };
-        let bytes = codec::encode(&hb, &self.keys[0]);
-        for (node, addr) in &self.targets {
-            match self.socket.try_send_to(&bytes, self.target(*addr)) {
-                Ok(_) => inc(&self.counters.sent),
+    /// Reads up to `max` datagrams, for at most `budget`.
+    fn read(&mut self, socket: &UdpSocket, buf: &mut [u8], max: usize, budget: Duration) {
+        let start = std::time::Instant::now();
+        for _ in 0..max {
+            match socket.try_recv_from(buf) {
+                Ok((len, from)) => {
+                    let now = std::time::Instant::now();
+                    self.engine.receive(&buf[..len], from, now);
+                    if now.duration_since(start) >= budget {
+                        return;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) => {
-                    inc(&self.counters.send_errors);
-                    trace!(peer = %node, %addr, %error, "heartbeat send failed");
+                    self.engine.counters().recv_error();
+                    debug!(%error, "heartbeat receive failed");
+                    return;
                 }
             }
+        }
+    }
+
+    /// Sends every slot due by now: one normally; after a stall, the rest of the round at
+    /// once (each peer gets a heartbeat now), and the pacing starts again from now.
+    fn send_due(&mut self, socket: &UdpSocket, pacer: &mut Pacer) {
+        let now = Instant::now();
+        let slots = self.engine.slots();
+        let slot_len = self.interval / u32::try_from(slots).unwrap_or(u32::MAX).max(1);
+        let late = now.saturating_duration_since(pacer.next);
+        let due = usize::try_from(late.as_nanos() / slot_len.as_nanos().max(1))
+            .unwrap_or(usize::MAX)
+            .saturating_add(1)
+            .min(slots);
+        for _ in 0..due {
+            let b = self.engine.next_slot(now.into_std());
+            self.send(socket, &b);
+        }
+        pacer.next += slot_len * u32::try_from(due).unwrap_or(1);
+        if pacer.next <= now {
+            pacer.next = now + slot_len;
+        }
+    }
+
+    fn send(&self, socket: &UdpSocket, batch: &Batch) {
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let counters = self.engine.counters();
+        for (addr, i) in &batch.sends {
+            let ok = socket.try_send_to(&batch.payloads[*i], self.target(*addr));
+            if let Err(error) = &ok {
+                debug!(%addr, %error, "heartbeat send failed");
+            }
+            counters.sent(ok.is_ok());
         }
     }
 
@@ -608,136 +607,76 @@ impl Task {
         }
     }
 
-    async fn leave(&mut self) {
-        info!(node = %self.node, "leaving: telling peers");
-        self.left = true;
+    fn set_peers(&mut self, socket: &UdpSocket, peers: &BTreeMap<String, PeerAddr>, now: Instant) {
+        self.engine.set_peers(peers, now.into_std());
+        let sock = SockRef::from(socket);
+        // The kernel drops datagrams from any other address before they are queued.
+        if self.filtered.as_ref() != Some(self.engine.sources()) {
+            let sources = self.engine.sources().clone();
+            let attached = match filter::source_filter(sources.iter().copied()) {
+                Some(prog) => sock.attach_filter(&filter::to_socket(&prog)),
+                None => {
+                    warn!(
+                        sources = sources.len(),
+                        "too many member addresses for the kernel source filter; \
+                         filtering in the heartbeat thread only"
+                    );
+                    sock.detach_filter()
+                }
+            };
+            if let Err(error) = attached {
+                warn!(%error, "cannot set the heartbeat socket's source filter");
+            }
+            self.filtered = Some(sources);
+        }
+        let n = self.engine.peers();
+        if self.buffers_for != Some(n) {
+            apply_buffers(&sock, n);
+            self.buffers_for = Some(n);
+        }
+    }
+
+    async fn leave(&mut self, socket: &UdpSocket) {
+        info!("leaving: telling peers");
         for i in 0..LEAVE_REPEATS {
             if i > 0 {
                 tokio::time::sleep(LEAVE_SPACING).await;
             }
-            self.send_heartbeat(true);
+            let b = self.engine.leaving(Instant::now().into_std());
+            self.send(socket, &b);
         }
     }
 
-    /// Handles one datagram; true when the alive view changed.
-    fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) -> bool {
-        let c = &self.counters;
-        inc(&c.received);
-        // Only members' addresses are worth an HMAC: anything else on the port is dropped
-        // with one lookup (a LAN host flooding 7473 costs no hashing).
-        if !self.sources.contains(&canonical(from.ip())) {
-            inc(&c.rejected_unknown_source);
-            trace!(%from, "datagram from an address no member uses");
-            return false;
+    /// Applies the time; publishes the view (when it may have changed) and why we do not
+    /// serve.
+    fn tick(&mut self, now: Instant) {
+        let update = self.engine.tick(now.into_std());
+        if update.rejoined {
+            self.rejoin_tx.send_modify(|n| *n += 1);
         }
-        let hb = match codec::decode_any(bytes, &self.keys) {
-            Ok(hb) => hb,
-            Err(error) => {
-                inc(match error {
-                    DecodeError::BadTag => &c.rejected_bad_tag,
-                    DecodeError::UnsupportedVersion { .. } => &c.rejected_version,
-                    DecodeError::TooShort { .. }
-                    | DecodeError::TooLong { .. }
-                    | DecodeError::BadMagic
-                    | DecodeError::Malformed { .. } => &c.rejected_malformed,
-                });
-                trace!(%from, %error, "heartbeat rejected");
-                return false;
-            }
-        };
-        let now = Instant::now().into_std();
-        match self.detector.observe(&hb, now) {
-            Observed::Accepted { revived } => {
-                inc(&c.accepted);
-                if revived {
-                    info!(peer = %hb.node(), %from, interfaces = ?hb.interfaces(),
-                        serving = hb.is_serving(), "peer heard");
-                }
-                true
-            }
-            Observed::Left => {
-                inc(&c.accepted);
-                inc(&c.peer_deaths);
-                info!(peer = %hb.node(), %from, "peer left");
-                true
-            }
-            Observed::Stale => {
-                inc(&c.rejected_stale);
-                trace!(peer = %hb.node(), %from, seq = hb.seq(), "stale heartbeat");
-                false
-            }
-            Observed::UnknownNode | Observed::Own => {
-                inc(&c.rejected_unknown_node);
-                trace!(peer = %hb.node(), %from, "heartbeat from a non-member");
-                false
-            }
-        }
-    }
-
-    /// Applies the time: peers gone silent, our own serving state; publishes the view.
-    /// Datagrams already waiting in the socket are read first: if this process was
-    /// stalled (CPU starvation, a VM pause), its peers were not silent, it was deaf, and
-    /// what they sent meanwhile is queued here.
-    fn tick(&mut self, dirty: bool) {
-        let mut buf = [0u8; codec::MAX_LEN + 1];
-        while let Ok((len, from)) = self.socket.try_recv_from(&mut buf) {
-            self.on_datagram(&buf[..len], from);
-        }
-        let now = Instant::now().into_std();
-        let t = self.detector.tick(now);
-        for peer in &t.silent {
-            inc(&self.counters.peer_deaths);
-            warn!(peer = %peer, "peer silent: heartbeats stopped");
-        }
-        match t.serving {
-            Some(false) => {
-                let why = self.detector.not_serving(now);
-                if matches!(
-                    why,
-                    Some(NotServing::HearNobody | NotServing::NobodyHearsUs)
-                ) {
-                    inc(&self.counters.isolations);
-                }
-                warn!(reason = ?why, "not serving: announcing nothing");
-            }
-            Some(true) => {
-                info!(rejoined = t.rejoined, "serving");
-                if t.rejoined {
-                    self.rejoin_tx.send_modify(|n| *n += 1);
-                }
-            }
-            None => {}
-        }
-        let _ = dirty;
-        self.publish();
-    }
-
-    fn publish(&self) {
-        let now = Instant::now().into_std();
-        let why = self
-            .detector
-            .not_serving(now)
-            .filter(|_| !self.detector.serving());
         self.serving_tx.send_if_modified(|current| {
-            let changed = *current != why;
-            *current = why;
+            let changed = *current != update.not_serving;
+            *current = update.not_serving;
             changed
         });
-        let view = self.detector.alive(now);
-        self.view_tx.send_if_modified(|current| {
-            if *current == view {
-                false
-            } else {
-                *current = view;
-                true
-            }
-        });
+        if let Some(view) = update.view {
+            self.view_tx.send_if_modified(|current| {
+                if *current == view {
+                    false
+                } else {
+                    *current = view;
+                    true
+                }
+            });
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::liveness::codec::{Heard, Heartbeat};
+    use crate::liveness::detector::NotServing;
     use std::time::Instant as StdInstant;
     use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -760,6 +699,7 @@ mod tests {
                 addr: self.handle.local_addr(),
                 incarnation: Some(self.incarnation),
                 fresh: true,
+                pubkey: Some(self.handle.public_key()),
             }
         }
     }
@@ -1026,11 +966,14 @@ mod tests {
         b.peers
             .send_replace(BTreeMap::from([("a".to_string(), a.peer())]));
         let deadline = StdInstant::now() + LIMIT;
-        while a.handle.counters().rejected_unknown_source < 3 && StdInstant::now() < deadline {
+        while b.handle.counters().sent < 5 && StdInstant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let c = a.handle.counters();
-        assert!(c.rejected_unknown_source >= 3, "{c:?}");
+        assert!(b.handle.counters().sent >= 5);
+        // Dropped by the kernel filter, or (what got past it) with one lookup: no HMAC.
+        assert_eq!(c.received, c.rejected_unknown_source, "{c:?}");
         assert_eq!(c.rejected_bad_tag + c.accepted, 0, "no HMAC spent: {c:?}");
         assert!(!a.view.borrow().contains_key("b"));
         connect(&[&a, &b]);
@@ -1044,22 +987,137 @@ mod tests {
         connect(&[&a, &b]);
         let mut va = a.view.clone();
         wait_for(&mut va, has(&["a", "b"])).await.unwrap();
-        // Another loopback address: no member's heartbeat address.
+        // Another loopback address (no member's), and another socket of the members' own
+        // address (not a heartbeat socket).
         let Ok(rogue) = std::net::UdpSocket::bind("127.0.0.2:0") else {
             println!("127.0.0.2 unavailable here; skipping");
             return;
         };
+        let neighbour = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = a.handle.counters();
         let junk = [0xa5u8; 200];
-        for _ in 0..500 {
-            let _ = rogue.send_to(&junk, a.handle.local_addr());
+        let mut sent = 0;
+        for _ in 0..5000 {
+            for s in [&rogue, &neighbour] {
+                if s.send_to(&junk, a.handle.local_addr()).is_ok() {
+                    sent += 1;
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let c = a.handle.counters();
-        // What the socket buffer kept of the burst was dropped unhashed, every datagram.
-        assert!(c.rejected_unknown_source >= 100, "{c:?}");
-        assert_eq!(c.received, c.accepted + c.rejected_unknown_source, "{c:?}");
+        assert!(sent > 2000, "the flood was sent: {sent}");
+        // The kernel filter dropped every datagram before the socket queue: the thread
+        // read only b's heartbeats, all accepted.
+        assert_eq!(c.rejected_unknown_source, 0, "{c:?}");
+        assert_eq!(
+            c.received - before.received,
+            c.accepted - before.accepted,
+            "{c:?}"
+        );
         assert_eq!(c.rejected_bad_tag + c.rejected_malformed, 0, "{c:?}");
         assert!(a.view.borrow().contains_key("b"), "b stays alive");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_it_must_read_does_not_delay_its_heartbeats() {
+        // Junk from a member's own heartbeat address (it passes the kernel filter and the
+        // source check: one HMAC each), as fast as one thread sends, for 1.5 s.
+        let (a, b) = (start("a"), start("b"));
+        let junk_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut mesh = BTreeMap::from([("a".to_string(), a.peer()), ("b".to_string(), b.peer())]);
+        let m = PeerAddr {
+            addr: junk_socket.local_addr().unwrap(),
+            incarnation: Some(9),
+            fresh: false,
+            pubkey: Some(generate_signing_key().unwrap().verifying_key()),
+        };
+        mesh.insert("m".into(), m);
+        a.peers.send_replace(mesh.clone());
+        b.peers.send_replace(mesh);
+        let (mut va, mut vb) = (a.view.clone(), b.view.clone());
+        wait_for(&mut va, has(&["a", "b"])).await.unwrap();
+        wait_for(&mut vb, has(&["a", "b"])).await.unwrap();
+        let to = a.handle.local_addr();
+        let flood = std::thread::spawn(move || {
+            let mut junk = vec![0xa5u8; codec::MAX_LEN];
+            junk[..5].copy_from_slice(b"FLHB\x03");
+            let end = StdInstant::now() + Duration::from_millis(1500);
+            let mut sent = 0u64;
+            while StdInstant::now() < end {
+                for _ in 0..64 {
+                    if junk_socket.send_to(&junk, to).is_ok() {
+                        sent += 1;
+                    }
+                }
+            }
+            sent
+        });
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (sent0, b0) = (a.handle.counters().sent, b.handle.counters());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (sent1, b1) = (a.handle.counters().sent, b.handle.counters());
+        let flooded = flood.join().unwrap();
+        let c = a.handle.counters();
+        println!(
+            "flood of {flooded} datagrams in 1.5 s; a read {} and sent {} heartbeats in 1 s",
+            c.received,
+            sent1 - sent0
+        );
+        assert!(c.rejected_bad_tag > 1000, "the flood reached a: {c:?}");
+        // Two peers (b and m), ten a second each.
+        assert!(
+            sent1 - sent0 >= 16,
+            "a sent {} in 1 s: {c:?}",
+            sent1 - sent0
+        );
+        assert_eq!(b1.peer_deaths, b0.peer_deaths, "b never lost a: {b1:?}");
+        // (What a hears is another matter: b's heartbeats drown in a's full buffer with
+        // the junk; a may find itself cut off and stop serving. Never two answerers.)
+    }
+
+    #[test]
+    fn heartbeats_keep_going_while_the_callers_runtime_is_blocked() {
+        // One current-thread runtime for the whole test: blocking it stops everything
+        // that runs on it (as a world rebuild or a big re-list can on the speaker's).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (a, b) = (start("a"), start("b"));
+            connect(&[&a, &b]);
+            let mut va = a.view.clone();
+            wait_for(&mut va, has(&["a", "b"])).await.unwrap();
+            let (sa, sb) = (a.handle.counters().sent, b.handle.counters().sent);
+            // A second without a single await.
+            std::thread::sleep(Duration::from_secs(1));
+            let (ca, cb) = (a.handle.counters(), b.handle.counters());
+            // Ten a second each; half is plenty (on the blocked runtime: none).
+            assert!(ca.sent >= sa + 5, "a kept sending: {sa} → {}", ca.sent);
+            assert!(cb.sent >= sb + 5, "b kept sending: {sb} → {}", cb.sent);
+            assert_eq!(ca.peer_deaths + cb.peer_deaths, 0, "{ca:?} {cb:?}");
+            assert!(has(&["a", "b"])(&a.view.borrow()));
+        });
+    }
+
+    #[test]
+    fn socket_buffers_are_sized_for_the_peers() {
+        let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let cap = |f: &str| -> usize {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{f}"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(usize::MAX)
+        };
+        let sock = SockRef::from(&socket);
+        apply_buffers(&sock, 1000);
+        // The kernel grants min(asked, its cap) and reports twice that.
+        let want_snd = limits::send_buffer(1000).min(cap("wmem_max"));
+        let want_rcv = limits::recv_buffer(1000).min(cap("rmem_max"));
+        assert!(sock.send_buffer_size().unwrap() >= want_snd, "{want_snd}");
+        assert!(sock.recv_buffer_size().unwrap() >= want_rcv, "{want_rcv}");
+        assert!(limits::send_buffer(1000) >= 1000 * codec::MAX_LEN);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1082,6 +1140,7 @@ mod tests {
                     addr: a_addr,
                     incarnation: Some(incarnation),
                     fresh: true,
+                    pubkey: Some(handle.public_key()),
                 },
             ),
             ("b".to_string(), b.peer()),
@@ -1093,25 +1152,174 @@ mod tests {
         wait_for(&mut vb, has(&["a", "b"])).await.unwrap();
     }
 
-    #[test]
-    fn the_heard_window_lists_everyone_within_a_few_heartbeats() {
-        let heard: Vec<Heard> = (0..10u32)
-            .map(|id| Heard {
-                id,
-                age_ms: 0,
-                serving: true,
-                settled: true,
+    /// A node with a 10 s timeout: if a peer disappears within [`LIMIT`], only a LEAVING
+    /// heartbeat can have done it.
+    fn slow(name: &'static str) -> Node {
+        let mut cfg = LivenessConfig::new(name, "127.0.0.1:0".parse().unwrap(), KEY.to_vec());
+        cfg.timeout = Duration::from_secs(10);
+        start_with(name, cfg)
+    }
+
+    /// A heartbeat that says LEAVING for `victim`, with its published incarnation and a
+    /// sequence above anything it sent: all a holder of the cluster key can make up.
+    fn forged_leaving(victim: &Node) -> Heartbeat {
+        Heartbeat::new(
+            victim.name,
+            victim.incarnation,
+            u64::MAX / 2,
+            set(&["eth0"]),
+        )
+        .unwrap()
+        .with_leaving(true)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forged_leaving_from_a_third_socket_does_not_remove_a_live_peer() {
+        let (a, b) = (slow("a"), slow("b"));
+        connect(&[&a, &b]);
+        let mut va = a.view.clone();
+        wait_for(&mut va, has(&["a", "b"])).await.unwrap();
+        // Mallory: a compromised member (so it passes the source check), holding the
+        // cluster key and a signing key of its own, published in its Lease.
+        let mallory = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let key = Key::new(KEY).unwrap();
+        let own = generate_signing_key().unwrap();
+        let member = |pubkey, fresh| PeerAddr {
+            addr: mallory.local_addr().unwrap(),
+            incarnation: Some(7),
+            fresh,
+            pubkey,
+        };
+        let mut mesh = BTreeMap::from([("a".to_string(), a.peer()), ("b".to_string(), b.peer())]);
+        mesh.insert("mallory".into(), member(Some(own.verifying_key()), true));
+        a.peers.send_replace(mesh);
+        // a's first heartbeat to Mallory: a knows it as a member from then on.
+        mallory.set_read_timeout(Some(LIMIT)).unwrap();
+        mallory.recv(&mut [0u8; 1500]).unwrap();
+        let hb = forged_leaving(&b);
+        let forgeries = [codec::encode(&hb, &key, &own), codec::encode_v2(&hb, &key)];
+        for bytes in forgeries.iter().cycle().take(6) {
+            mallory.send_to(bytes, a.handle.local_addr()).unwrap();
+        }
+        let deadline = StdInstant::now() + LIMIT;
+        while a.handle.counters().rejected_bad_signature < 6 && StdInstant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let c = a.handle.counters();
+        assert_eq!(c.rejected_bad_signature, 6, "{c:?}");
+        assert_eq!(c.peer_deaths, 0, "{c:?}");
+        assert!(a.view.borrow().contains_key("b"), "{:?}", *a.view.borrow());
+
+        // Without published keys (a cluster of previous-version speakers), the same
+        // unsigned LEAVING takes b out at once: what the keys prevent.
+        let (c1, d1) = (slow("c"), slow("d"));
+        let unkeyed: BTreeMap<String, PeerAddr> = [&c1, &d1]
+            .iter()
+            .map(|n| {
+                let p = PeerAddr {
+                    pubkey: None,
+                    ..n.peer()
+                };
+                (n.name.to_string(), p)
             })
             .collect();
-        assert_eq!(heard_window(heard.clone(), 10, 7), heard);
-        let mut seen = BTreeSet::new();
-        for seq in 1..=3 {
-            let w = heard_window(heard.clone(), 4, seq);
-            assert_eq!(w.len(), 4);
-            assert!(w.windows(2).all(|p| p[0].id < p[1].id));
-            seen.extend(w.iter().map(|h| h.id));
+        let mut with_mallory = unkeyed.clone();
+        // (Its Lease not renewed lately: once d is gone, c hears no member that counts,
+        // and serves alone.)
+        with_mallory.insert("mallory".into(), member(None, false));
+        c1.peers.send_replace(with_mallory);
+        d1.peers.send_replace(unkeyed);
+        let mut vc = c1.view.clone();
+        wait_for(&mut vc, has(&["c", "d"])).await.unwrap();
+        let mut buf = [0u8; 1500];
+        while mallory.recv_from(&mut buf).unwrap().1 != c1.handle.local_addr() {}
+        let forged = codec::encode_v2(&forged_leaving(&d1), &key);
+        mallory.send_to(&forged, c1.handle.local_addr()).unwrap();
+        wait_for(&mut vc, has(&["c"])).await.unwrap();
+        assert_eq!(c1.handle.counters().peer_deaths, 1);
+        assert_eq!(c1.handle.counters().rejected_bad_signature, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_previous_version_peer_gets_v2_and_is_heard_on_the_hmac_until_its_lease_has_a_key() {
+        let a = start("a");
+        // "old": a speaker of the previous version, HMAC only; its Lease publishes no key.
+        let old = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let old_peer = PeerAddr {
+            addr: old.local_addr().unwrap(),
+            incarnation: Some(5),
+            fresh: true,
+            pubkey: None,
+        };
+        let mesh =
+            |old: PeerAddr| BTreeMap::from([("a".to_string(), a.peer()), ("old".into(), old)]);
+        a.peers.send_replace(mesh(old_peer));
+        let key = Key::new(KEY).unwrap();
+        let heard_a = Heard {
+            id: codec::node_id("a"),
+            age_ms: 0,
+            serving: true,
+            settled: true,
+        };
+        let mut seq = 0;
+        let mut beat = || {
+            seq += 1;
+            let hb = Heartbeat::new("old", 5, seq, set(&["eth0"]))
+                .unwrap()
+                .with_state(true, true)
+                .with_heard(vec![heard_a])
+                .unwrap();
+            codec::encode_v2(&hb, &key)
+        };
+        let mut buf = [0u8; codec::MAX_LEN + 1];
+        let mut va = a.view.clone();
+        let deadline = StdInstant::now() + LIMIT;
+        let mut versions = BTreeSet::new();
+        while !has(&["a", "old"])(&va.borrow_and_update()) && StdInstant::now() < deadline {
+            old.send_to(&beat(), a.handle.local_addr()).await.unwrap();
+            while let Ok((len, _)) = old.try_recv_from(&mut buf) {
+                versions.insert(buf[4]);
+                // What a previous-version speaker can read: version 2, the HMAC alone.
+                let hb = codec::decode(&buf[..len], &key)
+                    .unwrap()
+                    .verify(None)
+                    .unwrap();
+                assert_eq!(hb.node(), "a");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(seen.len(), 10, "⌈10 / 4⌉ = 3 heartbeats list all");
+        assert!(has(&["a", "old"])(&va.borrow()), "{:?}", *va.borrow());
+        assert_eq!(versions, BTreeSet::from([codec::VERSION_V2]));
+        assert_eq!(a.handle.counters().rejected_bad_signature, 0);
+
+        // Its Lease now publishes a key (it was upgraded): a signs what it sends there, and
+        // turns its unsigned heartbeats away.
+        let upgraded = generate_signing_key().unwrap().verifying_key();
+        a.peers.send_replace(mesh(PeerAddr {
+            pubkey: Some(upgraded),
+            ..old_peer
+        }));
+        let deadline = StdInstant::now() + LIMIT;
+        let mut signed = false;
+        while (!signed || a.handle.counters().rejected_bad_signature < 3)
+            && StdInstant::now() < deadline
+        {
+            old.send_to(&beat(), a.handle.local_addr()).await.unwrap();
+            while let Ok((len, _)) = old.try_recv_from(&mut buf) {
+                if buf[4] == codec::VERSION {
+                    let hb = codec::decode(&buf[..len], &key)
+                        .unwrap()
+                        .verify(Some(&a.handle.public_key()))
+                        .unwrap();
+                    assert_eq!(hb.node(), "a");
+                    signed = true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(signed, "a signs for a peer whose Lease has a key");
+        assert!(a.handle.counters().rejected_bad_signature >= 3);
     }
 
     #[test]
