@@ -106,7 +106,7 @@ fn announced_condition_names_the_answering_node_and_follows_a_crash() {
     nodes.sort();
     assert_eq!(names, nodes, "one NodeAnnouncement per node");
     assert!(reports.iter().all(|r| r.spec.serving), "{reports:?}");
-    assert_eq!(claimers(&lab, ips[0]), [node.clone()]);
+    assert_eq!(claimers(&lab, ips[0]), std::slice::from_ref(&node));
 
     // SIGKILL the announcer: its report still claims the IPs (it cannot withdraw), the
     // survivor that takes over counts it out, and the condition moves to the survivor
