@@ -1031,6 +1031,29 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_edit_that_breaks_its_addresses_keeps_the_last_good_ones() {
+        let mut c = caches();
+        c.apply(Change::pool(Event::Init));
+        c.apply(Change::pool(Event::InitApply(pool("p", true))));
+        c.apply(Change::pool(Event::InitDone));
+        let good = c
+            .world
+            .pools
+            .get("p")
+            .cloned()
+            .expect("a valid pool is kept");
+        // The edit breaks it: the speaker keeps announcing from the last valid addresses,
+        // as the controller keeps them assigned.
+        c.apply(Change::pool(Event::Apply(pool("p", false))));
+        assert_eq!(c.world.pools.get("p"), Some(&good));
+        // A pool that was never valid announces nothing; a deleted pool is gone.
+        c.apply(Change::pool(Event::Apply(pool("q", false))));
+        assert!(!c.world.pools.contains_key("q"));
+        c.apply(Change::pool(Event::Delete(pool("p", false))));
+        assert!(!c.world.pools.contains_key("p"));
+    }
+
+    #[test]
     fn changes_the_world_cannot_see_leave_the_generation_alone() {
         let mut c = caches();
         let mut s = Snapshot::default();
