@@ -23,15 +23,14 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use ferrolb_lab::lab::SPEAKER_METRICS;
 use ferrolb_lab::stats::ms;
-use ferrolb_lab::{Family, Lab, LabConfig, Svc, netns, observe};
+use ferrolb_lab::sweeps::{Sweep, Sweeper, node_names, wait_settled};
+use ferrolb_lab::{Family, Lab, LabConfig, Svc, netns};
 use pnet_base::MacAddr;
 
 const SWEEPER: &str = "client1";
@@ -47,13 +46,6 @@ const V6_SERVICES: usize = 4;
 const FLOOD: Duration = Duration::from_secs(10);
 /// Most datagrams one flood sends, whatever its rate.
 const MAX_PACKETS: u64 = 100_000_000;
-/// How long one sweep listens for replies after its last request.
-const WINDOW: Duration = Duration::from_millis(200);
-/// From one sweep's start to the next.
-const PERIOD: Duration = Duration::from_millis(250);
-/// How long the answerers must stay unchanged before the flood for the lab to count as
-/// settled (longer than the speakers' hold-down, 3 s).
-const SETTLED: Duration = Duration::from_secs(4);
 /// The speakers' heartbeat timeout (`--failure-timeout-ms`, default): a gap longer than
 /// this made a peer look dead.
 const TIMEOUT_S: f64 = 0.35;
@@ -91,7 +83,7 @@ impl Scene {
                     .expect("ingress IP")[0]
             })
             .collect();
-        let owners = wait_settled(&lab, &ips, Duration::from_secs(40));
+        let owners = wait_settled(&lab, SWEEPER, &ips, Duration::from_secs(40));
         let on_target = owners.iter().filter(|o| *o == TARGET).count();
         println!(
             "before: {on_target} of {} IPs answered by {TARGET}",
@@ -104,7 +96,7 @@ impl Scene {
     /// prints what happened, and returns it.
     fn run(&self, label: &str, start_flood: impl FnOnce(Instant) -> Result<Flooder>) -> Report {
         let before = Snapshot::take(&self.lab);
-        let sweeper = Sweeper::start(&self.lab, &self.ips);
+        let sweeper = Sweeper::start(&self.lab, SWEEPER, &self.ips);
         let t0 = Instant::now();
         let flooder = start_flood(t0 + FLOOD).expect("flood starts");
         let (sent, took) = flooder
@@ -127,121 +119,6 @@ impl Scene {
         let report = Report::new(&self.ips, &self.owners, &sweeps, &before, &after);
         report.print(label);
         report
-    }
-}
-
-fn node_names(lab: &Lab) -> Vec<String> {
-    lab.nodes().iter().map(|h| h.name.clone()).collect()
-}
-
-/// Sweeps until every IP has exactly one answerer, every node answers some, and nothing
-/// changed for [`SETTLED`]; returns the answerers.
-fn wait_settled(lab: &Lab, ips: &[IpAddr], timeout: Duration) -> Vec<String> {
-    let start = Instant::now();
-    let nodes = node_names(lab);
-    let mut since: Option<(Instant, Vec<Vec<String>>)> = None;
-    loop {
-        let now = Instant::now();
-        let view = lab.answerers(SWEEPER, ips, WINDOW).expect("sweep");
-        let good = view.iter().all(|a| a.len() == 1)
-            && nodes.iter().all(|n| view.iter().any(|a| a[0] == *n));
-        match &since {
-            Some((t, v)) if good && *v == view => {
-                if now - *t >= SETTLED {
-                    println!("lab settled {} after the scene was built", ms(now - start));
-                    return view.into_iter().map(|mut a| a.remove(0)).collect();
-                }
-            }
-            _ => since = good.then(|| (now, view.clone())),
-        }
-        assert!(
-            now - start < timeout,
-            "before the flood, the lab did not settle within {timeout:?}; last sweep: {view:?}"
-        );
-        std::thread::sleep(PERIOD);
-    }
-}
-
-// ------------------------------------------------------------------ sweeps
-
-/// One sweep: when it started and, per IP, the nodes that answered (sorted).
-#[derive(Clone, Debug)]
-struct Sweep {
-    at: Instant,
-    view: Vec<Vec<String>>,
-}
-
-/// Sweeps every [`PERIOD`] from [`SWEEPER`] on a thread of its own until stopped (at most
-/// a minute).
-struct Sweeper {
-    sweeps: Arc<Mutex<Vec<Sweep>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<()>>>,
-}
-
-impl Sweeper {
-    fn start(lab: &Lab, ips: &[IpAddr]) -> Sweeper {
-        let host = lab.host(SWEEPER);
-        let (ns, who) = (host.ns.clone(), host.prober());
-        let macs: Vec<(MacAddr, String)> = lab
-            .nodes()
-            .iter()
-            .map(|h| (h.mac, h.name.clone()))
-            .collect();
-        let ips = ips.to_vec();
-        let sweeps = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (sweeps2, stop2) = (sweeps.clone(), stop.clone());
-        let thread = std::thread::spawn(move || -> Result<()> {
-            let end = Instant::now() + Duration::from_secs(60);
-            while !stop2.load(Ordering::Relaxed) && Instant::now() < end {
-                let at = Instant::now();
-                let got = observe::sweep(&ns, "eth0", who, &ips, WINDOW)?;
-                let view = got
-                    .into_iter()
-                    .map(|m| {
-                        let mut names: Vec<String> = m
-                            .into_iter()
-                            .map(|mac| {
-                                macs.iter()
-                                    .find(|(x, _)| *x == mac)
-                                    .map(|(_, n)| n.clone())
-                                    .unwrap_or_else(|| mac.to_string())
-                            })
-                            .collect();
-                        names.sort();
-                        names
-                    })
-                    .collect();
-                sweeps2.lock().expect("sweeps").push(Sweep { at, view });
-                std::thread::sleep(PERIOD.saturating_sub(at.elapsed()));
-            }
-            Ok(())
-        });
-        Sweeper {
-            sweeps,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) -> Vec<Sweep> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join()
-                .expect("sweeper thread")
-                .expect("sweeps from the client");
-        }
-        self.sweeps.lock().expect("sweeps").clone()
-    }
-}
-
-impl Drop for Sweeper {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

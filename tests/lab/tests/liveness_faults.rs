@@ -19,14 +19,11 @@
 //! nextest run -p ferrolb-lab --test liveness_faults`.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ferrolb_lab::lab::{LEASE_NAMESPACE, firewall_in};
-use ferrolb_lab::observe;
 use ferrolb_lab::stats::ms;
+use ferrolb_lab::sweeps::{STABLE, Sweep, Sweeper, describe, node_names, one_each, wait_settled};
 use ferrolb_lab::{Family, Lab, LabConfig, SpeakerOverride, Svc};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
@@ -38,20 +35,9 @@ const HEARTBEAT_PORT: &str = "7473";
 /// IPv4 and IPv6 Services: twelve IPs, so every one of three nodes owns some.
 const V4_SERVICES: usize = 8;
 const V6_SERVICES: usize = 4;
-/// How long one sweep listens for replies after its last request.
-const WINDOW: Duration = Duration::from_millis(200);
-/// From one sweep's start to the next.
-const PERIOD: Duration = Duration::from_millis(250);
-/// How long the outcome must hold, sweep after sweep, to count as converged.
-const STABLE: Duration = Duration::from_secs(3);
-/// How long the answerers must stay unchanged before a fault for the lab to count as
-/// settled: longer than the speakers' failback hold-down (`--hold-down-ms`, 3 s).
-const SETTLED: Duration = Duration::from_secs(4);
 /// Shortest observation of a fault: late effects (a speaker deciding seconds later that
 /// it is cut off) must show within it.
 const OBSERVE_MIN: Duration = Duration::from_secs(8);
-/// Longest a sweeper runs (it stops by itself).
-const SWEEPER_LIMIT: Duration = Duration::from_secs(60);
 /// Where the speakers' own Leases are named (`ferrolb-speaker-<node>`).
 const SPEAKER_LEASE_PREFIX: &str = "ferrolb-speaker-";
 
@@ -84,7 +70,7 @@ impl Scene {
                     .expect("ingress IP")[0]
             })
             .collect();
-        let owners = wait_settled(&lab, &ips, Duration::from_secs(30));
+        let owners = wait_settled(&lab, CLIENT, &ips, Duration::from_secs(30));
         for n in node_names(&lab) {
             let owned: Vec<String> = ips
                 .iter()
@@ -113,183 +99,8 @@ impl Scene {
     }
 
     fn sweeper(&self) -> Sweeper {
-        Sweeper::start(&self.lab, &self.ips)
+        Sweeper::start(&self.lab, CLIENT, &self.ips)
     }
-}
-
-fn node_names(lab: &Lab) -> Vec<String> {
-    lab.nodes().iter().map(|h| h.name.clone()).collect()
-}
-
-/// Sweeps until the lab has settled (≤ `timeout`): every IP has exactly one answerer,
-/// every node answers some, and nothing changed for [`SETTLED`]. (Freshly started speakers
-/// may first hand every IP to the first one serving, then take theirs back after the
-/// hold-down.) Returns the answerers.
-fn wait_settled(lab: &Lab, ips: &[IpAddr], timeout: Duration) -> Vec<String> {
-    let start = Instant::now();
-    let nodes = node_names(lab);
-    let mut since: Option<(Instant, Vec<Vec<String>>)> = None;
-    loop {
-        let now = Instant::now();
-        let view = lab.answerers(CLIENT, ips, WINDOW).expect("sweep");
-        let good = one_each(&view) && nodes.iter().all(|n| view.iter().any(|a| a[0] == *n));
-        match &since {
-            Some((t, v)) if good && *v == view => {
-                if now - *t >= SETTLED {
-                    println!("lab settled {} after the scene was built", ms(now - start));
-                    return view.into_iter().map(|mut a| a.remove(0)).collect();
-                }
-            }
-            _ => since = good.then(|| (now, view.clone())),
-        }
-        assert!(
-            now - start < timeout,
-            "before any fault, the lab did not settle within {timeout:?} (exactly one answerer per IP, \
-             every node answering some, unchanged for {SETTLED:?}); last sweep: {}",
-            describe(ips, &view)
-        );
-        std::thread::sleep(PERIOD);
-    }
-}
-
-// ------------------------------------------------------------------ sweeps
-
-/// One sweep: when it started and, per IP, the nodes that answered (sorted).
-#[derive(Clone, Debug)]
-struct Sweep {
-    at: Instant,
-    view: Vec<Vec<String>>,
-}
-
-/// Sweeps every [`PERIOD`] on a thread of its own until stopped (at most [`SWEEPER_LIMIT`]).
-struct Sweeper {
-    sweeps: Arc<Mutex<Vec<Sweep>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Sweeper {
-    fn start(lab: &Lab, ips: &[IpAddr]) -> Sweeper {
-        let host = lab.host(CLIENT);
-        let (ns, who) = (host.ns.clone(), host.prober());
-        let macs: Vec<(pnet_base::MacAddr, String)> = lab
-            .nodes()
-            .iter()
-            .map(|h| (h.mac, h.name.clone()))
-            .collect();
-        let ips = ips.to_vec();
-        let sweeps = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (sweeps2, stop2) = (sweeps.clone(), stop.clone());
-        let thread = std::thread::spawn(move || -> anyhow::Result<()> {
-            let end = Instant::now() + SWEEPER_LIMIT;
-            while !stop2.load(Ordering::Relaxed) && Instant::now() < end {
-                let at = Instant::now();
-                let got = observe::sweep(&ns, "eth0", who, &ips, WINDOW)?;
-                let view = got
-                    .into_iter()
-                    .map(|m| {
-                        let mut names: Vec<String> = m
-                            .into_iter()
-                            .map(|mac| {
-                                macs.iter()
-                                    .find(|(x, _)| *x == mac)
-                                    .map(|(_, n)| n.clone())
-                                    .unwrap_or_else(|| mac.to_string())
-                            })
-                            .collect();
-                        names.sort();
-                        names
-                    })
-                    .collect();
-                sweeps2.lock().expect("sweeps").push(Sweep { at, view });
-                std::thread::sleep(PERIOD.saturating_sub(at.elapsed()));
-            }
-            Ok(())
-        });
-        Sweeper {
-            sweeps,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn since(&self, t: Instant) -> Vec<Sweep> {
-        self.sweeps
-            .lock()
-            .expect("sweeps")
-            .iter()
-            .filter(|s| s.at >= t)
-            .cloned()
-            .collect()
-    }
-
-    /// Waits until at least `min` has passed since `t0` and every sweep of the last
-    /// [`STABLE`] satisfies `good` (the sweeps cover [`STABLE`] after `t0`), or until `max`
-    /// has passed since `t0`.
-    fn wait_stable(
-        &self,
-        t0: Instant,
-        min: Duration,
-        max: Duration,
-        good: &dyn Fn(&[Vec<String>]) -> bool,
-    ) {
-        loop {
-            let now = Instant::now();
-            if now >= t0 + max {
-                return;
-            }
-            if now >= t0 + min.max(STABLE) {
-                let recent = self.since(now - STABLE);
-                let covered = self.since(t0).first().is_some_and(|s| s.at + STABLE <= now);
-                if covered && recent.len() >= 5 && recent.iter().all(|s| good(&s.view)) {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Stops sweeping; returns every sweep.
-    fn stop(mut self) -> Vec<Sweep> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join()
-                .expect("sweeper thread")
-                .expect("sweeps from the client");
-        }
-        self.sweeps.lock().expect("sweeps").clone()
-    }
-}
-
-impl Drop for Sweeper {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Every IP has exactly one answerer.
-fn one_each(view: &[Vec<String>]) -> bool {
-    view.iter().all(|a| a.len() == 1)
-}
-
-/// "203.0.113.10: node1 | 203.0.113.11: node2, node3 | 2001:db8:200::10: none | …"
-fn describe(ips: &[IpAddr], view: &[Vec<String>]) -> String {
-    ips.iter()
-        .zip(view)
-        .map(|(ip, a)| {
-            let who = if a.is_empty() {
-                "none".to_string()
-            } else {
-                a.join(", ")
-            };
-            format!("{ip}: {who}")
-        })
-        .collect::<Vec<_>>()
-        .join(" | ")
 }
 
 /// Per IP, how often the answering node changed from one sweep to a later one (sweeps with
