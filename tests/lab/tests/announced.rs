@@ -70,14 +70,15 @@ fn claimers(lab: &Lab, ip: IpAddr) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn announced_condition_names_the_answering_node_and_follows_a_crash() {
-    let mut lab = Lab::start(LabConfig::default()).expect("lab starts");
+/// A lab with one Service of `family` (`n` IPs), served on every node, once the client
+/// reaches it and the condition names the node that answers: (lab, Service, IPs, node).
+fn announced_service(family: Family, n: usize) -> (Lab, Svc, Vec<IpAddr>, String) {
+    let lab = Lab::start(LabConfig::default()).expect("lab starts");
     lab.default_pool().expect("default pool");
-    let svc = Svc::new("web", PORT).family(Family::Dual);
+    let svc = Svc::new("web", PORT).family(family);
     lab.create_service(&svc).expect("create service");
     let ips = lab
-        .wait_ingress(&svc, 2, Duration::from_secs(20))
+        .wait_ingress(&svc, n, Duration::from_secs(20))
         .expect("ingress IPs");
     lab.serve_port(PORT).expect("serve");
     let (_, node) = lab
@@ -90,6 +91,12 @@ fn announced_condition_names_the_answering_node_and_follows_a_crash() {
         )
         .expect("the client reaches the Service");
     wait_announced_by(&lab, &svc, &node, Duration::from_secs(15));
+    (lab, svc, ips, node)
+}
+
+#[test]
+fn announced_condition_names_the_answering_node_and_follows_a_crash() {
+    let (mut lab, svc, ips, node) = announced_service(Family::Dual, 2);
     let (_, reason, message) = announced(&lab, &svc).unwrap();
     assert_eq!(reason, "Announced", "{message}");
     for ip in &ips {
@@ -167,24 +174,7 @@ fn announced_condition_names_the_answering_node_and_follows_a_crash() {
 /// Graceful shutdown: the leaving speaker's report says so and claims nothing.
 #[test]
 fn a_stopped_speaker_reports_that_it_announces_nothing() {
-    let mut lab = Lab::start(LabConfig::default()).expect("lab starts");
-    lab.default_pool().expect("default pool");
-    let svc = Svc::new("web", PORT).family(Family::V4);
-    lab.create_service(&svc).expect("create service");
-    let ips = lab
-        .wait_ingress(&svc, 1, Duration::from_secs(20))
-        .expect("ingress IPs");
-    lab.serve_port(PORT).expect("serve");
-    let (_, node) = lab
-        .connect_until(
-            CLIENT,
-            ips[0],
-            PORT,
-            Instant::now() + Duration::from_secs(15),
-            |_| true,
-        )
-        .expect("the client reaches the Service");
-    wait_announced_by(&lab, &svc, &node, Duration::from_secs(15));
+    let (mut lab, svc, ips, node) = announced_service(Family::V4, 1);
     lab.kill_speaker(&node, Signal::SIGTERM).expect("stop");
     lab.wait_speaker_exit(&node, Duration::from_secs(10));
     let r: NodeAnnouncement = lab.get(None, &node).unwrap();
