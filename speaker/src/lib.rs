@@ -101,6 +101,7 @@ pub async fn run(
     let (live, mut alive_rx) =
         liveness::Liveness::spawn(config.liveness.clone(), peers_rx, ifaces_rx, ready_rx)?;
     let mut rejoins = live.rejoins();
+    let departures = live.departures();
     let mut not_serving = live.not_serving();
     let live = Arc::new(live);
     metrics.attach_liveness(live.clone());
@@ -261,7 +262,9 @@ pub async fn run(
         if let Some(want) = acts.announce {
             let total = want.len();
             let p = plane.clone();
+            // The first gratuitous ARP / unsolicited NA of each new IP is sent in here.
             tokio::task::spawn_blocking(move || p.set_announcements(want)).await?;
+            let announced_at = std::time::Instant::now();
             tracing::info!(
                 gained = acts.gained,
                 lost = acts.lost,
@@ -269,7 +272,21 @@ pub async fn run(
                 "announcements changed"
             );
             if acts.takeover {
-                metrics.takeover(acts.gained as u64, started.elapsed());
+                // From the departed peer's last sign of life (the longest any client of
+                // its IPs went unanswered), else from when we learned of it.
+                let since = {
+                    let last = departures.borrow();
+                    acts.departed
+                        .iter()
+                        .filter_map(|n| last.get(n))
+                        .min()
+                        .copied()
+                };
+                let since = since.unwrap_or_else(|| started.into_std());
+                metrics.takeover(
+                    acts.gained as u64,
+                    announced_at.saturating_duration_since(since),
+                );
             }
         }
         if acts.announce_again {

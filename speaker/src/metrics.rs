@@ -54,7 +54,9 @@ impl Metrics {
             api_errors: Family::default(),
             elections: Family::default(),
             takeovers: Counter::default(),
-            takeover_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            takeover_seconds: Histogram::new([
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.35, 0.5, 1.0, 2.5, 5.0,
+            ]),
             cut_off: Gauge::default(),
             plane: Arc::new(OnceLock::new()),
             liveness: Arc::new(OnceLock::new()),
@@ -77,7 +79,7 @@ impl Metrics {
         );
         registry.register(
             "ferrolb_speaker_takeover_seconds",
-            "From noticing a peer's death to announcing its IPs (gratuitous ARP/NA sent)",
+            "From the departed peer's last heartbeat (or its LEAVING) to this node's first gratuitous ARP/unsolicited NA for its IPs",
             m.takeover_seconds.clone(),
         );
         registry.register(

@@ -71,6 +71,8 @@ pub struct Actions {
     pub lost: usize,
     /// The gain follows a change of the alive view (a failover).
     pub takeover: bool,
+    /// On a takeover, the speakers that left the alive view this step: whose IPs we took.
+    pub departed: BTreeSet<String>,
     /// Send gratuitous ARP / unsolicited NA again for everything we hold.
     pub announce_again: bool,
     /// The table elected this step (for metrics), when one was.
@@ -138,6 +140,7 @@ impl Decider {
         let alive: BTreeSet<String> = i.alive.keys().cloned().collect();
         let came_back = alive.iter().any(|n| !self.last_alive.contains(n));
         let rejoined = i.rejoined_after_isolation || (came_back && !self.last_alive.is_empty());
+        let departed: BTreeSet<String> = self.last_alive.difference(&alive).cloned().collect();
         self.last_alive = alive;
 
         let table = core::desired(world);
@@ -153,6 +156,9 @@ impl Decider {
                 .filter(|ip| !local.contains_key(ip))
                 .count();
             out.takeover = i.alive_changed && out.gained > 0;
+            if out.takeover {
+                out.departed = departed;
+            }
             self.announced = local.clone();
             out.announce = Some(local);
         }

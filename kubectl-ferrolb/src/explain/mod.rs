@@ -417,9 +417,8 @@ fn announce(
                     reason: NotAnnouncedReason::NoEligibleNode { detail },
                 } => Some(
                     detail
-                        .nodes
-                        .get(n)
-                        .map_or_else(|| "not eligible".into(), ToString::to_string),
+                        .reason_of(n)
+                        .map_or_else(|| "not eligible".into(), |why| why.to_string()),
                 ),
                 _ => None,
             });

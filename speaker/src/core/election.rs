@@ -402,18 +402,13 @@ fn elect(
             }
         }
         None => {
-            let nodes = (0..ctx.nodes.len())
-                .filter_map(|n| {
-                    let why = group
-                        .iter()
-                        .filter_map(|&p| exclusion(&pairs[p], n))
-                        .min()?;
-                    Some((ctx.nodes[n].name.to_owned(), why))
-                })
-                .collect();
-            let reason = NotAnnouncedReason::NoEligibleNode {
-                detail: Exclusions { nodes },
-            };
+            let mut detail = Exclusions::default();
+            for n in 0..ctx.nodes.len() {
+                if let Some(why) = group.iter().filter_map(|&p| exclusion(&pairs[p], n)).min() {
+                    detail.add(ctx.nodes[n].name, why);
+                }
+            }
+            let reason = NotAnnouncedReason::NoEligibleNode { detail };
             for &p in group {
                 out.entry(pairs[p].ip)
                     .or_insert_with(|| not_announced(reason.clone()));

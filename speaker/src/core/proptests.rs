@@ -383,8 +383,15 @@ fn check_against_oracle(w: &World, t: &Table) -> Result<(), TestCaseError> {
                     Decision::NotAnnounced {
                         reason: NotAnnouncedReason::NoEligibleNode { detail },
                     } => {
-                        let named: BTreeSet<String> = detail.nodes.keys().cloned().collect();
-                        prop_assert_eq!(named, all_node_names(w));
+                        // Every known node is counted once, under one reason, and the
+                        // names kept are known nodes.
+                        let all = all_node_names(w);
+                        prop_assert_eq!(detail.total(), all.len());
+                        for (_, e) in detail.by_reason() {
+                            prop_assert!(e.first.len() == e.count.min(NAMES_PER_REASON));
+                            prop_assert!(e.first.iter().all(|n| all.contains(n)));
+                            prop_assert!(e.first.is_sorted());
+                        }
                     }
                     other => prop_assert!(false, "{a}: want NoEligibleNode, got {other:?}"),
                 },

@@ -164,43 +164,89 @@ impl fmt::Display for NodeExclusion {
     }
 }
 
-/// Per-node reasons behind a `NoEligibleNode`, so an operator sees what to fix.
+/// Why the known nodes were left out of a `NoEligibleNode`, so an operator sees what to fix.
+///
+/// A summary, not a list: per reason, how many nodes and the first few names (in name
+/// order), which is all a message shows. Its size is bounded whatever the cluster, so a
+/// correlated outage (no node eligible for any of 1,000 IPs in a 1,000-node cluster) costs
+/// 1,000 small summaries, not a million (node, reason) entries in every speaker.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Exclusions {
-    /// Every known node (Node object or live speaker) and why it was left out.
-    pub nodes: BTreeMap<String, NodeExclusion>,
+    by_reason: BTreeMap<NodeExclusion, Excluded>,
 }
 
-/// How many node names a message lists per reason before summarising.
-const NAMES_PER_REASON: usize = 3;
+/// The nodes one reason left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Excluded {
+    /// How many.
+    pub count: usize,
+    /// The [`NAMES_PER_REASON`] lowest names, ascending.
+    pub first: Vec<String>,
+}
+
+/// How many node names are kept (and shown) per reason.
+pub const NAMES_PER_REASON: usize = 3;
+
+impl Exclusions {
+    /// Records that `node` was left out for `why`. Each node is added once.
+    pub fn add(&mut self, node: &str, why: NodeExclusion) {
+        let e = self.by_reason.entry(why).or_default();
+        e.count += 1;
+        let at = e.first.partition_point(|n| n.as_str() < node);
+        if at < NAMES_PER_REASON {
+            e.first.insert(at, node.to_owned());
+            e.first.truncate(NAMES_PER_REASON);
+        }
+    }
+
+    /// How many nodes were left out in all.
+    pub fn total(&self) -> usize {
+        self.by_reason.values().map(|e| e.count).sum()
+    }
+
+    /// Per reason, in rule order: how many nodes and the first names.
+    pub fn by_reason(&self) -> impl Iterator<Item = (NodeExclusion, &Excluded)> {
+        self.by_reason.iter().map(|(why, e)| (*why, e))
+    }
+
+    /// Why `node` was left out, when it is among the names kept (always, for a node whose
+    /// reason left out at most [`NAMES_PER_REASON`] nodes).
+    pub fn reason_of(&self, node: &str) -> Option<NodeExclusion> {
+        self.by_reason()
+            .find(|(_, e)| e.first.iter().any(|n| n == node))
+            .map(|(why, _)| why)
+    }
+}
+
+impl FromIterator<(String, NodeExclusion)> for Exclusions {
+    fn from_iter<I: IntoIterator<Item = (String, NodeExclusion)>>(iter: I) -> Self {
+        let mut ex = Exclusions::default();
+        for (node, why) in iter {
+            ex.add(&node, why);
+        }
+        ex
+    }
+}
 
 impl fmt::Display for Exclusions {
     /// Compact: `no eligible node (3 nodes): no live speaker: a, b; NetworkUnavailable: c`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.nodes.is_empty() {
+        let n = self.total();
+        if n == 0 {
             return f.write_str("no eligible node: no nodes known");
         }
-        let mut by_reason: BTreeMap<NodeExclusion, Vec<&str>> = BTreeMap::new();
-        for (node, why) in &self.nodes {
-            by_reason.entry(*why).or_default().push(node);
-        }
-        let n = self.nodes.len();
         write!(
             f,
             "no eligible node ({n} node{}): ",
             if n == 1 { "" } else { "s" }
         )?;
-        for (i, (why, names)) in by_reason.iter().enumerate() {
+        for (i, (why, e)) in self.by_reason().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
-            write!(
-                f,
-                "{why}: {}",
-                names[..names.len().min(NAMES_PER_REASON)].join(", ")
-            )?;
-            if names.len() > NAMES_PER_REASON {
-                write!(f, " and {} more", names.len() - NAMES_PER_REASON)?;
+            write!(f, "{why}: {}", e.first.join(", "))?;
+            if e.count > e.first.len() {
+                write!(f, " and {} more", e.count - e.first.len())?;
             }
         }
         Ok(())
@@ -341,9 +387,15 @@ mod tests {
             ("e", NodeExclusion::NoLocalEndpoint),
             ("f", NodeExclusion::NetworkUnavailable),
         ];
-        let ex = Exclusions {
-            nodes: nodes.iter().map(|(n, w)| (n.to_string(), *w)).collect(),
-        };
+        // Added out of name order: the kept names are still the lowest.
+        let ex: Exclusions = nodes
+            .iter()
+            .rev()
+            .map(|(n, w)| (n.to_string(), *w))
+            .collect();
+        assert_eq!(ex.total(), 6);
+        assert_eq!(ex.reason_of("e"), Some(NodeExclusion::NoLocalEndpoint));
+        assert_eq!(ex.reason_of("d"), None, "beyond the names kept");
         assert_eq!(
             ex.to_string(),
             "no eligible node (6 nodes): no live speaker: a, b, c and 1 more; \

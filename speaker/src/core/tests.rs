@@ -98,9 +98,7 @@ fn announce(node: &str, ifaces: &[&str]) -> Decision {
 fn excluded(nodes: &[(&str, NodeExclusion)]) -> Decision {
     Decision::NotAnnounced {
         reason: NotAnnouncedReason::NoEligibleNode {
-            detail: Exclusions {
-                nodes: nodes.iter().map(|(n, e)| (n.to_string(), *e)).collect(),
-            },
+            detail: nodes.iter().map(|(n, e)| (n.to_string(), *e)).collect(),
         },
     }
 }
@@ -617,5 +615,61 @@ fn election_spreads_ips_evenly() {
         // The IPv4 share alone, within the same ±40% of its mean (51.2).
         let v4 = won.keys().filter(|a| a.is_ipv4()).count();
         assert!((31..=71).contains(&v4), "{n} won {v4} of 512 IPv4");
+    }
+}
+
+/// A correlated outage (no speaker anywhere) in a large cluster: every IP's reason names
+/// all nodes by count but keeps only a few names, so the table stays small (it once held
+/// every node's reason for every IP: ~140 MiB per speaker at 1,000 × 1,000).
+#[test]
+fn no_eligible_node_keeps_a_bounded_summary_per_ip() {
+    let mut w = World::default();
+    for n in 0..200 {
+        w.apply_node(mk_node(&format!("node-{n:03}"), &[]));
+    }
+    w.apply_node(Node {
+        network_unavailable: true,
+        ..mk_node("node-net", &[])
+    });
+    w.apply_speaker(mk_speaker("node-net", &["eth0"]));
+    w.apply_pool(mk_pool("p", &[], &["203.0.113.0/24"]));
+    w.apply_advertisement(mk_adv("adv"));
+    for i in 1..=50 {
+        w.apply_service(mk_svc(&format!("ns/s{i}"), &[&format!("203.0.113.{i}")]));
+    }
+    let t = desired(&w);
+    assert_eq!(t.ips().len(), 50);
+    for (ip, d) in t.ips() {
+        let Decision::NotAnnounced {
+            reason: NotAnnouncedReason::NoEligibleNode { detail },
+        } = d
+        else {
+            panic!("{ip}: want NoEligibleNode, got {d:?}");
+        };
+        assert_eq!(detail.total(), 201);
+        let reasons: Vec<(NodeExclusion, usize, Vec<String>)> = detail
+            .by_reason()
+            .map(|(why, e)| (why, e.count, e.first.clone()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (
+                    NodeExclusion::NoSpeaker,
+                    200,
+                    vec!["node-000".into(), "node-001".into(), "node-002".into()]
+                ),
+                (
+                    NodeExclusion::NetworkUnavailable,
+                    1,
+                    vec!["node-net".into()]
+                ),
+            ]
+        );
+        assert_eq!(
+            d.to_string(),
+            "not announced: no eligible node (201 nodes): no live speaker: node-000, \
+             node-001, node-002 and 197 more; NetworkUnavailable: node-net"
+        );
     }
 }

@@ -42,9 +42,12 @@
 //! publishes ([`Unverified::verify`]) to get the [`Heartbeat`]. A sender whose Lease
 //! publishes a key must sign (version 3, valid signature); one whose Lease publishes none (a
 //! previous-version speaker during a rolling upgrade) is accepted on the HMAC alone. The
-//! encoding is canonical (and Ed25519 signatures deterministic), so re-encoding an accepted
-//! datagram with the same keys gives the same bytes. Replay protection is not here but in
-//! the detector, which remembers the highest (incarnation, sequence) per node.
+//! encoding is canonical (and Ed25519 signatures deterministic) except for the reserved
+//! header flag bits, which are ignored on receipt so that a later version can add a flag
+//! this one skips: re-encoding an accepted datagram whose reserved bits are 0 with the same
+//! keys gives the same bytes. (Reserved bits of a heard-list entry are refused: there is no
+//! room to grow there without a new version.) Replay protection is not here but in the
+//! detector, which remembers the highest (incarnation, sequence) per node.
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -65,6 +65,9 @@ pub struct Live {
 /// The speakers that may announce: node → what election needs; us only while we serve.
 pub type AliveView = BTreeMap<String, Live>;
 
+/// Speakers that left the alive view → their last sign of life ([`Detector::last_news`]).
+pub type Departures = BTreeMap<String, Instant>;
+
 /// Detector tunables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
@@ -996,6 +999,15 @@ impl Detector {
             b.fresh = fresh(b.at, timeout, now) && left_at.is_none_or(|l| b.at > l);
             b
         })
+    }
+
+    /// The last sign of life of member `name` as we know it at `now`: its LEAVING
+    /// heartbeat, else its freshest news (direct, or relayed and aged by the relay). Where
+    /// a takeover's delay is measured from.
+    pub fn last_news(&self, name: &str, now: Instant) -> Option<Instant> {
+        let left = self.peers.get(name).and_then(|p| p.left_at);
+        let news = self.news(name, now).map(|n| n.at);
+        left.max(news)
     }
 
     /// What member `name` looks like in the view at `now`, for change detection.

@@ -35,6 +35,8 @@ pub use codec::{
     DecodeError, Heard, Heartbeat, Key, KeyError, Malformed, SigningKey, Unverified, VerifyingKey,
     decode, decode_any, decode_verified, encode, encode_v2, node_id,
 };
-pub use detector::{AliveView, Config, Detector, Live, Member, NotServing, Observed, Tick};
+pub use detector::{
+    AliveView, Config, Departures, Detector, Live, Member, NotServing, Observed, Tick,
+};
 pub use engine::{Batch, Counters, CountersSnapshot, Engine, GAP_BUCKETS, PeerAddr};
 pub use udp::{Liveness, LivenessConfig, LivenessError, generate_signing_key, random_incarnation};

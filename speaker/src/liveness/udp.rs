@@ -46,7 +46,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::codec::{self, Key, KeyError, Malformed, SigningKey, VerifyingKey};
-use super::detector::{AliveView, Config, NotServing};
+use super::detector::{AliveView, Config, Departures, NotServing};
 use super::engine::{Batch, Counters, Engine};
 use super::{filter, limits};
 
@@ -196,6 +196,7 @@ pub struct Liveness {
     local_addr: SocketAddr,
     public_key: VerifyingKey,
     rejoins: watch::Receiver<u64>,
+    departures: watch::Receiver<Departures>,
     not_serving: watch::Receiver<Option<NotServing>>,
     stopped: Arc<AtomicBool>,
 }
@@ -258,6 +259,7 @@ impl Liveness {
             now.into_std(),
         );
         let (view_tx, view_rx) = watch::channel(engine.detector().alive(now.into_std()));
+        let (departures_tx, departures_rx) = watch::channel(Departures::new());
         let (serving_tx, serving_rx) =
             watch::channel(engine.detector().not_serving(now.into_std()));
         let (rejoin_tx, rejoin_rx) = watch::channel(0u64);
@@ -273,6 +275,7 @@ impl Liveness {
             buffers_for: None,
             stopped: stopped.clone(),
             view_tx,
+            departures_tx,
             serving_tx,
             rejoin_tx,
         };
@@ -295,6 +298,7 @@ impl Liveness {
                 local_addr,
                 public_key,
                 rejoins: rejoin_rx,
+                departures: departures_rx,
                 not_serving: serving_rx,
                 stopped,
             },
@@ -316,6 +320,13 @@ impl Liveness {
     /// announce ours again.
     pub fn rejoins(&self) -> watch::Receiver<u64> {
         self.rejoins.clone()
+    }
+
+    /// When each speaker that left the alive view was last heard of (its last heartbeat,
+    /// direct or relayed, or its LEAVING), updated before the view that drops it is
+    /// published: a takeover's delay is measured from there.
+    pub fn departures(&self) -> watch::Receiver<Departures> {
+        self.departures.clone()
     }
 
     /// Why we do not serve (`None` while we do): for `/readyz`, logs and conditions.
@@ -407,6 +418,7 @@ struct Task {
     buffers_for: Option<usize>,
     stopped: Arc<AtomicBool>,
     view_tx: watch::Sender<AliveView>,
+    departures_tx: watch::Sender<Departures>,
     serving_tx: watch::Sender<Option<NotServing>>,
     rejoin_tx: watch::Sender<u64>,
 }
@@ -660,6 +672,21 @@ impl Task {
             changed
         });
         if let Some(view) = update.view {
+            let detector = self.engine.detector();
+            let now = now.into_std();
+            self.departures_tx.send_if_modified(|d| {
+                let before = d.len();
+                d.retain(|n, _| !view.contains_key(n));
+                let mut changed = d.len() != before;
+                for name in self.view_tx.borrow().keys() {
+                    if !view.contains_key(name)
+                        && let Some(at) = detector.last_news(name, now)
+                    {
+                        changed |= d.insert(name.clone(), at) != Some(at);
+                    }
+                }
+                changed
+            });
             self.view_tx.send_if_modified(|current| {
                 if *current == view {
                     false
@@ -793,8 +820,20 @@ mod tests {
         drop(c.handle); // aborts the task: no LEAVING, heartbeats just stop
         let (mut va, mut vb) = (a.view.clone(), b.view.clone());
         let by_a = wait_for(&mut va, has(&["a", "b"])).await.unwrap();
+        let dropped_at = StdInstant::now();
         wait_for(&mut vb, has(&["a", "b"])).await.unwrap();
         let by_both = crash.elapsed();
+        // Where a takeover is measured from: c's last heartbeat, before the crash, and a
+        // whole timeout before a gave up on it (published before the view that drops c).
+        let departures = a.handle.departures().borrow().clone();
+        assert_eq!(departures.keys().collect::<Vec<_>>(), ["c"]);
+        let last = departures["c"];
+        assert!(last <= crash, "c's last heartbeat is before its crash");
+        assert!(
+            dropped_at.duration_since(last) >= Duration::from_millis(350),
+            "dropped {:?} after its last heartbeat",
+            dropped_at.duration_since(last)
+        );
         println!(
             "crash detection time: {by_a:?} at a, {by_both:?} at both (timeout 350 ms; crashed \
              {phase} ms after the views converged)"
@@ -820,8 +859,14 @@ mod tests {
         let mut va = a.view.clone();
         wait_for(&mut va, has(&["a", "b"])).await.unwrap();
 
+        let leave_at = StdInstant::now();
         let (seen, ()) = tokio::join!(wait_for(&mut va, has(&["a"])), b.handle.leave());
         let handover = seen.unwrap();
+        let left = a.handle.departures().borrow().get("b").copied();
+        assert!(
+            left.is_some_and(|t| t >= leave_at),
+            "measured from the LEAVING, not from b's last regular heartbeat: {left:?}"
+        );
         println!("graceful handover time: {handover:?} (from leave() to the peer's view)");
         assert!(handover < LIMIT);
         assert_eq!(a.handle.counters().peer_deaths, 1);

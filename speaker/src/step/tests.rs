@@ -166,6 +166,11 @@ fn a_peer_dying_is_a_takeover_reported_with_its_incarnation_and_its_return_annou
     assert_eq!(acts.announce.as_ref().unwrap().len(), 6);
     assert_eq!(acts.gained, 6 - first.len());
     assert!(acts.takeover);
+    assert_eq!(
+        acts.departed,
+        BTreeSet::from(["b".to_string()]),
+        "whose IPs a took"
+    );
     let report = acts.report.unwrap();
     assert_eq!(report.down.len(), 1);
     assert_eq!(
@@ -184,6 +189,7 @@ fn a_peer_dying_is_a_takeover_reported_with_its_incarnation_and_its_return_annou
     assert!(acts.announce_again);
     assert_eq!(acts.announce.unwrap(), first);
     assert!(!acts.takeover, "losing IPs is no takeover");
+    assert!(acts.departed.is_empty());
     assert!(acts.report.unwrap().down.is_empty());
 }
 
