@@ -166,6 +166,7 @@ async fn main() {
             auto_assign: true,
             avoid_buggy_ips: false,
             service_allocation: None,
+            external_ips: None,
         },
     );
     pool.metadata.labels = Some(BTreeMap::from([("ferrolb.io/bench".into(), run.clone())]));

@@ -391,7 +391,9 @@ impl Drop for AbortOnDrop {
 
 fn update_name(u: &index::Update) -> String {
     match u {
-        index::Update::Service { key, .. } => format!("service {key}"),
+        index::Update::Service { key, .. } | index::Update::ServiceConditions { key, .. } => {
+            format!("service {key}")
+        }
         index::Update::Pool { name, .. } => format!("pool {name}"),
         index::Update::Advertisement { name, .. } => format!("l2advertisement {name}"),
     }

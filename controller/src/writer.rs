@@ -211,6 +211,31 @@ impl Writer {
                     .await;
                 Ok(())
             }
+            Update::ServiceConditions {
+                key,
+                resource_version,
+                conditions,
+                uid,
+                events,
+            } => {
+                // Only the conditions: the Service's ingress is not ours (another class, or
+                // no load balancer at all).
+                let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
+                let patch = Patch::Merge(json!({
+                    "metadata": {"resourceVersion": resource_version},
+                    "status": {
+                        "conditions": if conditions.is_empty() { Value::Null } else { json!(conditions) },
+                    }
+                }));
+                let params = PatchParams::default();
+                with_backoff(5, || {
+                    self.call(&permit, || api.patch_status(&key.name, &params, &patch))
+                })
+                .await?;
+                self.record(&permit, &service_ref(key, uid.as_deref()), events)
+                    .await;
+                Ok(())
+            }
             Update::Pool {
                 name,
                 status,

@@ -12,6 +12,7 @@
 
 pub mod addresses;
 pub mod condition;
+pub mod external_ips;
 pub mod schema;
 pub mod selector;
 
@@ -56,6 +57,9 @@ pub mod conditions {
     pub const IP_ALLOCATED: &str = "ferrolb.io/IPAllocated";
     /// On a Service: which node announces its IPs, or why none does.
     pub const ANNOUNCED: &str = "ferrolb.io/Announced";
+    /// On a Service with `spec.externalIPs` inside FerroLB pools: which are announced, and
+    /// why the others are not.
+    pub const EXTERNAL_IPS: &str = "ferrolb.io/ExternalIPs";
     /// On a pool or advertisement: the object is valid and in use.
     pub const READY: &str = "Ready";
     /// On a pool or advertisement: the spec cannot be used; the message says why.
@@ -132,6 +136,23 @@ pub struct IPAddressPoolSpec {
     /// Restricts the pool to some Services and orders it among pools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_allocation: Option<ServiceAllocation>,
+    /// Reserves the pool for Services' `spec.externalIPs` (opt-in, off when absent): an
+    /// externalIP inside it is announced for a Service of a listed namespace, and the pool
+    /// no longer hands addresses to LoadBalancer Services (`autoAssign` and
+    /// `serviceAllocation` are then ignored; Services already holding one keep it).
+    #[serde(default, rename = "externalIPs", skip_serializing_if = "Option::is_none")]
+    pub external_ips: Option<PoolExternalIPs>,
+}
+
+/// Who may have their `spec.externalIPs` announced from a pool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolExternalIPs {
+    /// The namespaces whose Services may use the pool's addresses as externalIPs, by name.
+    /// Names only, no label selectors: whoever may label a namespace must not be able to
+    /// grant it addresses (CVE-2020-8554).
+    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 63)))]
+    pub namespaces: Vec<String>,
 }
 
 /// Which Services may take addresses from a pool, and in what order pools are tried.
@@ -394,6 +415,7 @@ mod tests {
             auto_assign: true,
             avoid_buggy_ips: true,
             service_allocation: None,
+            external_ips: None,
         };
         assert_eq!(serde_json::to_value(&spec).unwrap()["avoidBuggyIPs"], true);
     }

@@ -392,6 +392,7 @@ fn convert_pool(obj: &Value, note: &mut dyn FnMut(Level, String)) -> Option<IPAd
             auto_assign: spec.auto_assign.unwrap_or(true),
             avoid_buggy_ips: spec.avoid_buggy_ips.unwrap_or(false),
             service_allocation,
+            external_ips: None,
         },
         status: None,
     })

@@ -307,6 +307,7 @@ pub(crate) mod fixtures {
                 auto_assign: true,
                 avoid_buggy_ips: false,
                 service_allocation: None,
+                external_ips: None,
             },
         )
     }

@@ -25,6 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::allocator::{Allocator, ServiceKey};
+use crate::external::{self, ExtPool, External};
 use crate::pool::{self, condition};
 use crate::service::{self, AliasUsed};
 
@@ -60,6 +61,20 @@ pub enum Update {
         /// Events to record once written.
         events: Vec<EventSpec>,
     },
+    /// Set only a Service's conditions (its ingress is not ours to touch): our
+    /// `ferrolb.io/ExternalIPs` on a Service FerroLB does not load-balance.
+    ServiceConditions {
+        /// Which Service.
+        key: ServiceKey,
+        /// The resourceVersion the update was computed from (optimistic concurrency).
+        resource_version: Option<String>,
+        /// The Service's whole condition list to write, ours replaced.
+        conditions: Vec<Condition>,
+        /// The Service's UID, for the Events' reference.
+        uid: Option<String>,
+        /// Events to record once written.
+        events: Vec<EventSpec>,
+    },
     /// Replace a pool's status.
     Pool {
         /// Which pool.
@@ -87,6 +102,7 @@ struct Written {
     resource_version: Option<String>,
     ingress: Vec<IpAddr>,
     condition: Option<(String, String, String)>,
+    external: Option<(String, String, String)>,
 }
 
 /// Which caches have seen their initial list.
@@ -132,6 +148,8 @@ pub struct Index {
     deferred: HashMap<IpAddr, BTreeSet<ServiceKey>>,
     written_pools: HashMap<String, (Option<String>, IPAddressPoolStatus)>,
     written_advs: HashMap<String, (Option<String>, L2AdvertisementStatus)>,
+    /// Every Service's externalIPs and the pools they may come from.
+    external: External,
 }
 
 fn rv(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<String> {
@@ -170,7 +188,9 @@ enum Target {
 impl Target {
     fn of(update: &Update) -> Self {
         match update {
-            Update::Service { key, .. } => Target::Service(key.clone()),
+            Update::Service { key, .. } | Update::ServiceConditions { key, .. } => {
+                Target::Service(key.clone())
+            }
             Update::Pool { name, .. } => Target::Pool(name.clone()),
             Update::Advertisement { name, .. } => Target::Advertisement(name.clone()),
         }
@@ -216,6 +236,7 @@ impl Index {
             deferred: HashMap::new(),
             written_pools: HashMap::new(),
             written_advs: HashMap::new(),
+            external: External::default(),
         }
     }
 
@@ -340,6 +361,7 @@ impl Index {
         if let Some((raw, _)) = &last_valid {
             self.last_valid.insert(name.clone(), raw.clone());
         }
+        self.refresh_external_pools();
         if !self.built {
             return;
         }
@@ -358,6 +380,7 @@ impl Index {
         self.pools.remove(name);
         self.last_valid.remove(name);
         self.written_pools.remove(name);
+        self.refresh_external_pools();
         if !self.built {
             return;
         }
@@ -381,6 +404,28 @@ impl Index {
             self.apply_pool(p);
         }
         self.synced.pools = true;
+    }
+
+    /// Gives the externalIPs rule the pools as they are now (the last valid addresses of
+    /// an invalid pool, as its holders and the speakers keep them); wakes the Services
+    /// listing externalIPs when that changes anything.
+    fn refresh_external_pools(&mut self) {
+        let pools: Vec<ExtPool> = self
+            .pools
+            .iter()
+            .filter_map(|(name, p)| {
+                let (_, addresses) = pool::last_valid(p, self.last_valid.get(name))?;
+                Some(ExtPool {
+                    name: name.clone(),
+                    addresses,
+                    namespaces: p.spec.external_ips.as_ref().map(|e| e.namespaces.clone()),
+                })
+            })
+            .collect();
+        let wake = self.external.set_pools(pools);
+        if self.built {
+            self.dirty.extend(wake);
+        }
     }
 
     /// An advertisement was created or changed (the controller only validates it).
@@ -490,8 +535,12 @@ impl Index {
         self.rejected.remove(&Target::Service(key.clone()));
         let first_sight = !self.services.contains_key(&key);
         self.track_shown(&key, Some(&svc));
+        let wake = self
+            .external
+            .track(&key, self.services.get(&key), Some(&svc));
         self.services.insert(key.clone(), svc);
         if self.built {
+            self.dirty.extend(wake);
             if first_sight {
                 let svc = &self.services[&key];
                 let ns = namespace_labels(&self.namespaces, svc);
@@ -504,6 +553,10 @@ impl Index {
     /// A Service was deleted: its IPs go back to the pool.
     pub fn delete_service(&mut self, key: &ServiceKey) {
         self.track_shown(key, None);
+        let wake = self.external.track(key, self.services.get(key), None);
+        if self.built {
+            self.dirty.extend(wake);
+        }
         self.services.remove(key);
         self.written.remove(key);
         self.pending.remove(key);
@@ -536,7 +589,7 @@ impl Index {
     /// A write failed: forget it so the next round retries.
     pub fn write_failed(&mut self, update: &Update) {
         match update {
-            Update::Service { key, .. } => {
+            Update::Service { key, .. } | Update::ServiceConditions { key, .. } => {
                 self.written.remove(key);
                 self.dirty.insert(key.clone());
             }
@@ -604,9 +657,10 @@ impl Index {
             batch.sort_by_key(|k| (self.services.get(k).map(creation), k.clone()));
             for key in batch {
                 if let Some(u) = self.reconcile_service(&key, now) {
-                    updates.retain(
-                        |old: &Update| !matches!(old, Update::Service { key: k, .. } if *k == key),
-                    );
+                    updates.retain(|old: &Update| {
+                        !matches!(old, Update::Service { key: k, .. }
+                            | Update::ServiceConditions { key: k, .. } if *k == key)
+                    });
                     updates.push(u);
                 }
             }
@@ -648,6 +702,7 @@ impl Index {
         let svc = self.services.get(key)?.clone();
         let observed_ips = service::status_ips(&svc);
         let observed_cond = our_condition(&svc).cloned();
+        let ext = self.external.condition(&svc, now);
         let old_conds = svc
             .status
             .as_ref()
@@ -665,11 +720,10 @@ impl Index {
             if self.alloc.loosened() != loosened {
                 self.capacity_changed();
             }
-            if !was_ours {
-                return None;
-            }
             // Clear only what we published: our condition proves the ingress is ours.
-            observed_cond.as_ref()?;
+            if !was_ours || observed_cond.is_none() {
+                return self.conditions_update(&svc, ext);
+            }
             let note = format!(
                 "released {}: the Service is no longer a FerroLB LoadBalancer",
                 join(&observed_ips)
@@ -683,7 +737,7 @@ impl Index {
                     note,
                 }]
             };
-            return self.service_update(&svc, Vec::new(), None, events);
+            return self.service_update(&svc, Vec::new(), None, ext, events);
         }
 
         if self.alloc.assigned(key).is_none() && !self.namespaces.contains_key(&key.namespace) {
@@ -818,7 +872,43 @@ impl Index {
                 });
             }
         }
-        self.service_update(&svc, ingress, Some(cond), events)
+        self.service_update(&svc, ingress, Some(cond), ext, events)
+    }
+
+    /// Emits a conditions-only update when our `ferrolb.io/ExternalIPs` condition of a
+    /// Service FerroLB does not load-balance changes.
+    fn conditions_update(&mut self, svc: &Service, ext: Option<Condition>) -> Option<Update> {
+        let key = service::key_of(svc);
+        let observed_ext = external::observed(svc);
+        let observed = Written {
+            resource_version: rv(&svc.metadata),
+            ingress: service::status_ips(svc),
+            condition: our_condition(svc).map(cond_key),
+            external: observed_ext.map(cond_key),
+        };
+        let desired = Written {
+            external: ext.as_ref().map(cond_key),
+            ..observed.clone()
+        };
+        if observed == desired || self.written.get(&key) == Some(&desired) {
+            return None;
+        }
+        self.written.insert(key.clone(), desired);
+        let events = external::event(observed_ext, ext.as_ref())
+            .into_iter()
+            .collect();
+        let old = svc
+            .status
+            .as_ref()
+            .and_then(|st| st.conditions.clone())
+            .unwrap_or_default();
+        Some(Update::ServiceConditions {
+            key,
+            resource_version: rv(&svc.metadata),
+            conditions: ferrolb_crds::condition::replace(&old, conditions::EXTERNAL_IPS, ext),
+            uid: svc.metadata.uid.clone(),
+            events,
+        })
     }
 
     /// Emits an update unless the observed status (or our in-flight write) already says it.
@@ -827,23 +917,28 @@ impl Index {
         svc: &Service,
         ingress: Vec<IpAddr>,
         cond: Option<Condition>,
-        events: Vec<EventSpec>,
+        ext: Option<Condition>,
+        mut events: Vec<EventSpec>,
     ) -> Option<Update> {
         let key = service::key_of(svc);
+        let observed_ext = external::observed(svc);
         let observed = Written {
             resource_version: rv(&svc.metadata),
             ingress: service::status_ips(svc),
             condition: our_condition(svc).map(cond_key),
+            external: observed_ext.map(cond_key),
         };
         let desired = Written {
             resource_version: rv(&svc.metadata),
             ingress: ingress.clone(),
             condition: cond.as_ref().map(cond_key),
+            external: ext.as_ref().map(cond_key),
         };
         if observed == desired || self.written.get(&key) == Some(&desired) {
             return None;
         }
         self.written.insert(key.clone(), desired);
+        events.extend(external::event(observed_ext, ext.as_ref()));
         let old = svc
             .status
             .as_ref()
@@ -854,9 +949,9 @@ impl Index {
             resource_version: rv(&svc.metadata),
             ingress,
             conditions: ferrolb_crds::condition::replace(
-                &old,
-                conditions::IP_ALLOCATED,
-                cond.clone(),
+                &ferrolb_crds::condition::replace(&old, conditions::IP_ALLOCATED, cond.clone()),
+                conditions::EXTERNAL_IPS,
+                ext,
             ),
             condition: cond,
             uid: svc.metadata.uid.clone(),
@@ -1093,6 +1188,10 @@ fn creation(svc: &Service) -> i64 {
 mod proptests;
 
 #[cfg(test)]
+#[path = "index_external_tests.rs"]
+mod external_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use ferrolb_crds::IPAddressPoolSpec;
@@ -1100,11 +1199,11 @@ mod tests {
         LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus,
     };
 
-    fn t(s: i64) -> Timestamp {
+    pub(super) fn t(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
     }
 
-    fn mk_pool(name: &str, addrs: &[&str]) -> IPAddressPool {
+    pub(super) fn mk_pool(name: &str, addrs: &[&str]) -> IPAddressPool {
         let mut p = IPAddressPool::new(
             name,
             IPAddressPoolSpec {
@@ -1112,13 +1211,14 @@ mod tests {
                 auto_assign: true,
                 avoid_buggy_ips: false,
                 service_allocation: None,
+                external_ips: None,
             },
         );
         p.metadata.resource_version = Some("1".into());
         p
     }
 
-    fn mk_service(name: &str, created: i64) -> Service {
+    pub(super) fn mk_service(name: &str, created: i64) -> Service {
         let mut s = Service::default();
         s.metadata.namespace = Some("ns".into());
         s.metadata.name = Some(name.into());
@@ -1133,7 +1233,7 @@ mod tests {
         s
     }
 
-    fn key(name: &str) -> ServiceKey {
+    pub(super) fn key(name: &str) -> ServiceKey {
         ServiceKey {
             namespace: "ns".into(),
             name: name.into(),
@@ -1141,7 +1241,7 @@ mod tests {
     }
 
     /// An index that has synced and leads.
-    fn leading(pools: Vec<IPAddressPool>, services: Vec<Service>) -> Index {
+    pub(super) fn leading(pools: Vec<IPAddressPool>, services: Vec<Service>) -> Index {
         let mut i = Index::new(ferrolb_crds::DEFAULT_LB_CLASS);
         i.reset_pools(pools);
         i.reset_services(services);
@@ -1151,7 +1251,7 @@ mod tests {
         i
     }
 
-    fn mk_namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
+    pub(super) fn mk_namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
         let mut n = Namespace::default();
         n.metadata.name = Some(name.into());
         n.metadata.labels = Some(
@@ -1190,7 +1290,7 @@ mod tests {
         s
     }
 
-    fn service_updates(us: &[Update]) -> Vec<&Update> {
+    pub(super) fn service_updates(us: &[Update]) -> Vec<&Update> {
         us.iter()
             .filter(|u| matches!(u, Update::Service { .. }))
             .collect()
@@ -1407,7 +1507,7 @@ mod tests {
     /// The API server's side of the loop: applies every Service update as the writer would
     /// and feeds the result back like the watch, until nothing more is written. Returns
     /// the ingress IPs of every Service.
-    fn settle(i: &mut Index, now: i64) -> BTreeMap<String, Vec<IpAddr>> {
+    pub(super) fn settle(i: &mut Index, now: i64) -> BTreeMap<String, Vec<IpAddr>> {
         for round in 0..10 {
             let us = i.reconcile(t(now + round));
             let su: Vec<Update> = service_updates(&us).into_iter().cloned().collect();
@@ -1534,7 +1634,7 @@ mod tests {
                         p.status = Some(status.clone());
                         i.apply_pool(p);
                     }
-                    Update::Advertisement { .. } => {}
+                    Update::ServiceConditions { .. } | Update::Advertisement { .. } => {}
                 }
             }
         }

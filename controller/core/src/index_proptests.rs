@@ -78,6 +78,7 @@ fn mk_pool(i: usize, spec: usize) -> IPAddressPool {
             auto_assign: true,
             avoid_buggy_ips: false,
             service_allocation: None,
+            external_ips: None,
         },
     );
     p.metadata.creation_timestamp = Some(Time(at(i as i64 + 1)));
@@ -393,6 +394,17 @@ fn apply_write(c: &mut Cluster, idx: &mut Index, u: &Update) {
                 ferrolb_crds::conditions::IP_ALLOCATED,
                 condition.clone(),
             ));
+            s.metadata.resource_version = c.bump();
+            c.services.insert(key.name.clone(), s.clone());
+            idx.apply_service(s);
+        }
+        Update::ServiceConditions {
+            key, conditions, ..
+        } => {
+            let Some(mut s) = c.services.get(&key.name).cloned() else {
+                return;
+            };
+            s.status.get_or_insert_with(Default::default).conditions = Some(conditions.clone());
             s.metadata.resource_version = c.bump();
             c.services.insert(key.name.clone(), s.clone());
             idx.apply_service(s);

@@ -45,6 +45,7 @@ pub fn parse(pool: &IPAddressPool) -> Result<PoolConfig, String> {
             .creation_timestamp
             .as_ref()
             .map_or(0, |t| t.0.as_second()),
+        external_ips: pool.spec.external_ips.as_ref().map(|e| e.namespaces.clone()),
     })
 }
 
@@ -96,7 +97,18 @@ pub fn desired_status(
     let old = pool.status.clone().unwrap_or_default();
     let generation = pool.metadata.generation;
     let (ready, reason, message) = match state {
-        PoolState::Ready => (true, "Ready", "the pool allocates addresses".to_owned()),
+        PoolState::Ready => match &pool.spec.external_ips {
+            None => (true, "Ready", "the pool allocates addresses".to_owned()),
+            Some(e) => (
+                true,
+                "Ready",
+                format!(
+                    "the pool serves spec.externalIPs of Services in namespaces {} (no \
+                     LoadBalancer allocation)",
+                    e.namespaces.join(", ")
+                ),
+            ),
+        },
         PoolState::Invalid { message } => (false, conditions::INVALID, message.clone()),
         PoolState::Conflict { with, overlap } => (
             false,
@@ -146,8 +158,9 @@ pub fn desired_status(
         available_v4: 0,
         available_v6: 0,
     });
-    if *state != PoolState::Ready {
-        // An Invalid or conflicting pool allocates nothing new: nothing is available.
+    if *state != PoolState::Ready || pool.spec.external_ips.is_some() {
+        // An Invalid or conflicting pool allocates nothing new, nor does one reserved for
+        // externalIPs: nothing is available to LoadBalancer Services.
         stats.available_v4 = 0;
         stats.available_v6 = 0;
     }
@@ -176,6 +189,7 @@ mod tests {
                 auto_assign: true,
                 avoid_buggy_ips: false,
                 service_allocation: None,
+                external_ips: None,
             },
         )
     }

@@ -24,7 +24,8 @@ pub fn key_of(svc: &Service) -> ServiceKey {
 }
 
 /// `svc` reduced to what the controller reads: identity and version, labels (pool
-/// selectors), FerroLB's and MetalLB's annotations, the spec fields a request is made of,
+/// selectors), FerroLB's and MetalLB's annotations, the spec fields a request is made of
+/// (and `externalIPs`),
 /// the published ingress and the conditions (written back whole). The cache holds one of
 /// these per Service of the cluster, so everything else (managed fields, other
 /// annotations, cluster IPs, node ports, ...) is dropped on arrival.
@@ -65,6 +66,7 @@ pub fn slim(svc: Service) -> Service {
         ip_families: s.ip_families,
         ip_family_policy: s.ip_family_policy,
         load_balancer_ip: s.load_balancer_ip,
+        external_ips: s.external_ips,
         external_traffic_policy: s.external_traffic_policy,
         selector: s.selector,
         ports: s.ports.map(|ports| {

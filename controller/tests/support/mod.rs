@@ -222,6 +222,7 @@ impl Env {
             auto_assign: true,
             avoid_buggy_ips: false,
             service_allocation: None,
+            external_ips: None,
         };
         tweak(&mut spec);
         let mut pool = IPAddressPool::new(&name, spec);

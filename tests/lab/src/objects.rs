@@ -154,6 +154,7 @@ pub fn pool(name: &str, addresses: &[&str]) -> IPAddressPool {
             auto_assign: true,
             avoid_buggy_ips: false,
             service_allocation: None,
+            external_ips: None,
         },
     )
 }

@@ -40,12 +40,18 @@ pub struct PoolConfig {
     pub service_selectors: Vec<Selector>,
     /// `creationTimestamp` in unix seconds; with the name, decides which overlapping pool is older.
     pub created: i64,
+    /// `spec.externalIPs.namespaces` when the pool is reserved for externalIPs: it then
+    /// admits no LoadBalancer Service (holders keep what they have).
+    pub external_ips: Option<Vec<String>>,
 }
 
 impl PoolConfig {
     /// Whether `serviceAllocation` admits the Service; `Err` says which rule excluded it.
     pub fn admits(&self, svc: &ServiceRequest) -> Result<(), String> {
         let c = self;
+        if c.external_ips.is_some() {
+            return Err("it is reserved for spec.externalIPs (spec.externalIPs is set)".into());
+        }
         if !c.namespaces.is_empty() && !c.namespaces.contains(&svc.key.namespace) {
             return Err(format!(
                 "namespace {:?} is not in its serviceAllocation.namespaces [{}]",
@@ -86,6 +92,7 @@ impl PoolConfig {
             namespace_selectors: Vec::new(),
             service_selectors: Vec::new(),
             created: 0,
+            external_ips: None,
         }
     }
 }
