@@ -140,7 +140,11 @@ pub struct IPAddressPoolSpec {
     /// externalIP inside it is announced for a Service of a listed namespace, and the pool
     /// no longer hands addresses to LoadBalancer Services (`autoAssign` and
     /// `serviceAllocation` are then ignored; Services already holding one keep it).
-    #[serde(default, rename = "externalIPs", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "externalIPs",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub external_ips: Option<PoolExternalIPs>,
 }
 

@@ -45,7 +45,11 @@ pub fn parse(pool: &IPAddressPool) -> Result<PoolConfig, String> {
             .creation_timestamp
             .as_ref()
             .map_or(0, |t| t.0.as_second()),
-        external_ips: pool.spec.external_ips.as_ref().map(|e| e.namespaces.clone()),
+        external_ips: pool
+            .spec
+            .external_ips
+            .as_ref()
+            .map(|e| e.namespaces.clone()),
     })
 }
 
