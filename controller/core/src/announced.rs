@@ -289,7 +289,8 @@ pub struct Planner {
 
 impl Planner {
     /// The writes that make every handled Service's condition say what `fold` says.
-    /// Services with IPs get a verdict; others lose a condition they still carry.
+    /// Services with IPs (LoadBalancer IPs, or accepted externalIPs) get a verdict; others
+    /// lose a condition they still carry.
     pub fn plan<'s>(
         &mut self,
         fold: &Fold<'_>,
@@ -307,8 +308,11 @@ impl Planner {
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
                 .and_then(|c| c.iter().find(|c| c.type_ == ANNOUNCED));
-            let has_ips =
-                service::is_handled(svc, lb_class) && !service::status_ips(svc).is_empty();
+            // Announced IPs: its LoadBalancer IPs, or externalIPs we accepted.
+            let has_ips = (service::is_handled(svc, lb_class)
+                && !service::status_ips(svc).is_empty())
+                || crate::external::observed(svc)
+                    .is_some_and(|c| matches!(c.reason.as_str(), "Accepted" | "PartiallyAccepted"));
             let new = if has_ips {
                 let verdict = fold.verdict(&key.to_string());
                 if matches!(&verdict, Verdict::Set { reason, .. } if reason == SPLIT) {

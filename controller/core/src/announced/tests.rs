@@ -499,3 +499,53 @@ fn the_planner_writes_each_change_once_and_waits_out_a_brief_split() {
     assert_eq!(ws.len(), 1);
     assert_eq!(ws[0].conditions, [other]);
 }
+
+#[test]
+fn a_service_with_accepted_external_ips_gets_the_condition_too() {
+    let t = Timestamp::from_second(100).unwrap();
+    let one = reports(vec![(
+        "n1",
+        report("1", true, vec![web(vec![ip(IP4, Some("n1"))])]),
+    )]);
+    let leases = fresh(&[("n1", "1")]);
+    let ext = |reason: &str| {
+        let mut s = svc("web", &[], "5");
+        let spec = s.spec.as_mut().unwrap();
+        spec.type_ = Some("ClusterIP".into());
+        spec.external_ips = Some(vec![IP4.into()]);
+        s.status.as_mut().unwrap().conditions = Some(vec![crate::pool::condition(
+            &[],
+            ferrolb_crds::conditions::EXTERNAL_IPS,
+            reason != "NamespaceNotAllowed",
+            reason,
+            "",
+            None,
+            t,
+        )]);
+        s
+    };
+    let mut p = Planner::default();
+    let accepted = ext("Accepted");
+    let ws = p.plan(
+        &Fold::new(&one, &leases),
+        [&accepted],
+        "x",
+        t,
+        Instant::now(),
+    );
+    assert_eq!(ws.len(), 1);
+    assert!(ws[0].conditions.iter().any(|c| c.reason == "Announced"));
+    // Refused: no Announced condition (nothing of ours to announce).
+    let mut p = Planner::default();
+    let refused = ext("NamespaceNotAllowed");
+    assert!(
+        p.plan(
+            &Fold::new(&one, &leases),
+            [&refused],
+            "x",
+            t,
+            Instant::now()
+        )
+        .is_empty()
+    );
+}
