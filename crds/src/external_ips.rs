@@ -19,6 +19,7 @@
 //! A marked pool hands no address to LoadBalancer Services, so the last rule only bites
 //! for a Service that held the address before the pool was marked: it keeps it.
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -153,6 +154,34 @@ pub fn judge<'a>(
     Verdict::Accepted {
         pool: pool.name.to_owned(),
     }
+}
+
+/// Keeps an index of address → keys current when `key`'s addresses go from `old` to `new`
+/// (both the controller and the speakers index who lists and who holds each address).
+/// Returns the addresses that were added or removed.
+pub fn reindex<K: Ord + Clone>(
+    map: &mut HashMap<IpAddr, BTreeSet<K>>,
+    key: &K,
+    old: &[IpAddr],
+    new: &[IpAddr],
+) -> Vec<IpAddr> {
+    let mut changed = Vec::new();
+    for ip in old.iter().filter(|ip| !new.contains(ip)) {
+        if let Some(keys) = map.get_mut(ip) {
+            keys.remove(key);
+            if keys.is_empty() {
+                map.remove(ip);
+            }
+        }
+        changed.push(*ip);
+    }
+    for ip in new {
+        if !old.contains(ip) {
+            changed.push(*ip);
+        }
+        map.entry(*ip).or_default().insert(key.clone());
+    }
+    changed
 }
 
 /// A Service's `spec.externalIPs` as addresses: unparseable entries (the API server
@@ -291,6 +320,19 @@ mod tests {
             msg(Some(&allowed[..]), "team-a", Some("a/web")),
             "held by LoadBalancer Service a/web"
         );
+    }
+
+    #[test]
+    fn reindex_tracks_keys_and_reports_what_moved() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut m: HashMap<IpAddr, BTreeSet<&str>> = HashMap::new();
+        let (a, b) = (ip("203.0.113.1"), ip("203.0.113.2"));
+        assert_eq!(reindex(&mut m, &"s1", &[], &[a, b]), vec![a, b]);
+        assert_eq!(reindex(&mut m, &"s2", &[], &[a]), vec![a]);
+        assert_eq!(reindex(&mut m, &"s1", &[a, b], &[a]), vec![b]);
+        assert_eq!(m.get(&b), None, "emptied entries go");
+        assert_eq!(m[&a], BTreeSet::from(["s1", "s2"]));
+        assert!(reindex(&mut m, &"s2", &[a], &[a]).is_empty());
     }
 
     #[test]

@@ -8,14 +8,16 @@
 //! ```
 //!
 //! Nothing here holds a watched object whole (docs/architecture.md#memory): a Node is kept
-//! as [`KeptNode`], a LoadBalancer Service as [`LbService`] (any other Service as nothing),
+//! as [`KeptNode`], a LoadBalancer Service or one listing externalIPs as [`LbService`] (any
+//! other Service as nothing),
 //! an EndpointSlice as [`SliceSummary`], a pool and an advertisement as what they parse to,
 //! a speaker Lease as the fields its peers are read from. The World's Nodes and Services
 //! carry only the labels the advertisements' selectors read. The speaker's memory then
 //! grows with what it announces and with the node count, hardly with the Services it does
 //! not announce.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ferrolb_crds::{IPAddressPool, L2Advertisement};
@@ -28,7 +30,9 @@ use kube::runtime::watcher::Event;
 use ferrolb_ops::relist::{Op, Relist};
 
 use crate::core::{self, World};
-use crate::world::{Endpoints, KeptAdvertisement, KeptNode, LabelKeys, LbService, SliceSummary};
+use crate::world::{
+    Endpoints, KeptAdvertisement, KeptNode, KeptPool, LabelKeys, LbService, SliceSummary,
+};
 use crate::{liveness, world};
 
 /// A watched object as the speaker keeps it: its cache key (`ns/name`, or `name`), and
@@ -78,7 +82,7 @@ pub(crate) enum Change {
     Node(Event<Kept<KeptNode>>),
     Service(Event<Kept<LbService>>),
     Slice(Event<Kept<SliceSummary>>),
-    Pool(Event<Kept<Option<core::Pool>>>),
+    Pool(Event<Kept<KeptPool>>),
     Advertisement(Event<Kept<KeptAdvertisement>>),
     Lease(Event<Kept<Lease>>),
 }
@@ -105,7 +109,7 @@ impl Change {
 
     pub(crate) fn pool(e: Event<IPAddressPool>) -> Self {
         Change::Pool(map_event(e, |p| {
-            Kept::new(&p.metadata, Some(world::pool(&p)))
+            Kept::new(&p.metadata, Some(world::kept_pool(&p)))
         }))
     }
 
@@ -253,14 +257,16 @@ pub(crate) struct Caches {
     /// The label keys the World's Nodes and Services keep (those its selectors read).
     keys: LabelKeys,
     pub(crate) nodes: Cache<KeptNode>,
-    /// LoadBalancer Services only (of any class).
+    /// LoadBalancer Services (of any class) and Services listing externalIPs.
     pub(crate) services: Cache<LbService>,
     /// Every EndpointSlice naming a Service: a Service may become a LoadBalancer later.
     pub(crate) slices: Cache<SliceSummary>,
-    /// `None`: the pool's addresses do not parse.
-    pub(crate) pools: Cache<Option<core::Pool>>,
+    /// Pools (`parsed` is `None` when the addresses do not parse).
+    pub(crate) pools: Cache<KeptPool>,
     pub(crate) advertisements: Cache<KeptAdvertisement>,
     pub(crate) leases: Cache<Lease>,
+    /// What decides which externalIPs are announced, besides the World's pools.
+    external: External,
     /// Bumped by every change to the World's Nodes, pools, advertisements or Services:
     /// the same generation and the same live speakers make the same World. Leases never
     /// bump it, nor Services that are no LoadBalancer and their EndpointSlices, nor
@@ -281,6 +287,7 @@ impl Caches {
             pools: Cache::new(),
             advertisements: Cache::new(),
             leases: Cache::new(),
+            external: External::default(),
             generation: 0,
         }
     }
@@ -312,7 +319,17 @@ impl Caches {
             }
             Change::Service(e) => {
                 let mut touched = Vec::new();
-                let changed = self.services.apply(e, |k, _, _| touched.push(k.to_owned()));
+                let external = &mut self.external;
+                let changed = self.services.apply(e, |k, old, new| {
+                    touched.push(k.to_owned());
+                    // A LoadBalancer IP that appears or goes changes the verdict on the
+                    // same address listed as an externalIP elsewhere.
+                    for other in external.track(k, old, new) {
+                        if !touched.contains(&other) {
+                            touched.push(other);
+                        }
+                    }
+                });
                 if touched.len() > 1 {
                     self.refresh_services();
                 } else {
@@ -350,7 +367,11 @@ impl Caches {
                     // assigned.
                     let mut good = BTreeMap::new();
                     for (name, p) in &self.pools.items {
-                        match p.clone().or_else(|| self.world.pools.get(name).cloned()) {
+                        match p
+                            .parsed
+                            .clone()
+                            .or_else(|| self.world.pools.get(name).cloned())
+                        {
                             Some(parsed) => {
                                 good.insert(name.clone(), parsed);
                             }
@@ -359,9 +380,22 @@ impl Caches {
                             }
                         }
                     }
-                    if good != self.world.pools {
+                    let marks: BTreeMap<String, Vec<String>> = self
+                        .pools
+                        .items
+                        .iter()
+                        .filter_map(|(name, p)| Some((name.clone(), p.external_ips.clone()?)))
+                        .collect();
+                    let pools_changed = good != self.world.pools;
+                    if pools_changed {
                         self.world.pools = good;
                         self.generation += 1;
+                    }
+                    if marks != self.external.marks {
+                        self.external.marks = marks;
+                        self.refresh_listers();
+                    } else if pools_changed {
+                        self.refresh_listers();
                     }
                 }
                 changed
@@ -426,7 +460,8 @@ impl Caches {
                 .map(|(_, s)| s)
                 .filter(|s| s.service == key)
                 .map(|s| &s.endpoints);
-            lb.to_core(&self.lb_class, &self.keys, slices)
+            let accepted = self.external.accepted(lb, &self.world.pools);
+            lb.to_core(&self.lb_class, &self.keys, slices, &accepted)
         });
         let changed = match svc {
             Some(svc) if self.world.services.get(key) != Some(&svc) => {
@@ -437,6 +472,14 @@ impl Caches {
             None => self.world.services.remove(key).is_some(),
         };
         self.generation += u64::from(changed);
+    }
+
+    /// Recomputes the Services listing externalIPs (a pool or its mark changed).
+    fn refresh_listers(&mut self) {
+        let listers: BTreeSet<String> = self.external.listers.values().flatten().cloned().collect();
+        for k in listers {
+            self.refresh_service(&k);
+        }
     }
 
     /// Recomputes every Service of the World (after a re-list).
@@ -456,7 +499,9 @@ impl Caches {
                     .get(key.as_str())
                     .map(Vec::as_slice)
                     .unwrap_or_default();
-                let svc = lb.to_core(&self.lb_class, &self.keys, mine.iter().copied())?;
+                let accepted = self.external.accepted(lb, &self.world.pools);
+                let svc =
+                    lb.to_core(&self.lb_class, &self.keys, mine.iter().copied(), &accepted)?;
                 Some((key.clone(), svc))
             })
             .collect();
@@ -520,6 +565,65 @@ impl Caches {
             });
         }
         w
+    }
+}
+
+/// Which externalIPs are announced: the speaker's side of [`ferrolb_crds::external_ips`],
+/// kept current with the Services (who lists and who holds each address) and the pools'
+/// marks. The controller applies the same rule to the same objects.
+#[derive(Default)]
+struct External {
+    /// Pool → `spec.externalIPs.namespaces`, for marked pools.
+    marks: BTreeMap<String, Vec<String>>,
+    /// externalIP → Services listing it.
+    listers: HashMap<IpAddr, BTreeSet<String>>,
+    /// LoadBalancer IP (status, any class) → Services showing it.
+    held: HashMap<IpAddr, BTreeSet<String>>,
+}
+
+impl External {
+    /// Records a kept Service's change; returns the other Services listing an address it
+    /// started or stopped holding as a LoadBalancer IP.
+    fn track(
+        &mut self,
+        key: &str,
+        old: Option<&LbService>,
+        new: Option<&LbService>,
+    ) -> Vec<String> {
+        let ext = |s: Option<&LbService>| s.map(|s| s.external_ips.clone()).unwrap_or_default();
+        let lb = |s: Option<&LbService>| s.map(|s| s.lb_ips().to_vec()).unwrap_or_default();
+        let key = key.to_owned();
+        ferrolb_crds::external_ips::reindex(&mut self.listers, &key, &ext(old), &ext(new));
+        let moved = ferrolb_crds::external_ips::reindex(&mut self.held, &key, &lb(old), &lb(new));
+        moved
+            .iter()
+            .filter_map(|ip| self.listers.get(ip))
+            .flatten()
+            .filter(|k| **k != key)
+            .cloned()
+            .collect()
+    }
+
+    /// The externalIPs of `lb` that are announced, given the pools (last valid addresses).
+    fn accepted(&self, lb: &LbService, pools: &BTreeMap<String, core::Pool>) -> Vec<IpAddr> {
+        if lb.external_ips.is_empty() {
+            return Vec::new();
+        }
+        let namespace = lb.key.split_once('/').map_or("", |(ns, _)| ns);
+        lb.external_ips
+            .iter()
+            .copied()
+            .filter(|ip| {
+                let rule = pools.values().map(|p| ferrolb_crds::external_ips::Pool {
+                    name: &p.name,
+                    addresses: &p.addresses,
+                    namespaces: self.marks.get(&p.name).map(Vec::as_slice),
+                });
+                let holder = self.held.get(ip).and_then(|h| h.iter().next());
+                ferrolb_crds::external_ips::judge(*ip, namespace, rule, holder.map(String::as_str))
+                    .is_accepted()
+            })
+            .collect()
     }
 }
 
@@ -645,11 +749,52 @@ mod tests {
         }
         for (key, svc) in &s.services {
             let mine = slices.get(key).map(Vec::as_slice).unwrap_or_default();
-            if let Some(svc) = world::service(svc, CLASS, mine.iter().copied()) {
+            let accepted = reference_accepted(s, good_pools, svc);
+            if let Some(svc) = world::service(svc, CLASS, mine.iter().copied(), &accepted) {
                 w.apply_service(svc);
             }
         }
         w
+    }
+
+    /// The externalIPs of `svc` the rule accepts, judged from whole objects: a scan of
+    /// every LoadBalancer's status instead of the caches' indexes.
+    fn reference_accepted(
+        s: &Snapshot,
+        good_pools: &BTreeMap<String, core::Pool>,
+        svc: &Service,
+    ) -> Vec<IpAddr> {
+        let ips = svc
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.external_ips.as_deref())
+            .map(ferrolb_crds::external_ips::parse)
+            .unwrap_or_default();
+        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+        ips.into_iter()
+            .filter(|ip| {
+                let holder = s.services.iter().find(|(_, o)| {
+                    o.spec.as_ref().and_then(|sp| sp.type_.as_deref()) == Some("LoadBalancer")
+                        && world::lb_service(o).is_some_and(|k| k.ips.contains(ip))
+                });
+                let marks: BTreeMap<&str, Vec<String>> = s
+                    .pools
+                    .iter()
+                    .filter_map(|(n, p)| {
+                        Some((n.as_str(), p.spec.external_ips.as_ref()?.namespaces.clone()))
+                    })
+                    .collect();
+                let rule = good_pools
+                    .values()
+                    .map(|p| ferrolb_crds::external_ips::Pool {
+                        name: &p.name,
+                        addresses: &p.addresses,
+                        namespaces: marks.get(p.name.as_str()).map(Vec::as_slice),
+                    });
+                ferrolb_crds::external_ips::judge(*ip, ns, rule, holder.map(|(k, _)| k.as_str()))
+                    .is_accepted()
+            })
+            .collect()
     }
 
     /// The pools the old code kept after seeing `s`, given those it kept before.
@@ -776,11 +921,14 @@ mod tests {
     const CLASSES: [Option<&str>; 3] = [None, Some(CLASS), Some("other.example/lb")];
     const INGRESS: [&str; 4] = ["203.0.113.7", "2001:db8::7", "not-an-ip", "203.0.113.8"];
     const POLICIES: [Option<&str>; 3] = [Some("Local"), Some("Cluster"), None];
+    /// externalIPs: one a LoadBalancer may also hold (in INGRESS), one in pool p2, one in
+    /// p1 only.
+    const EXTERNAL: [&str; 3] = ["203.0.113.7", "198.51.100.9", "203.0.113.50"];
 
     fn service(
         ns: &str,
         name: &str,
-        (ty, class, ips, policy, tier): (usize, usize, u8, usize, u8),
+        (ty, class, ips, policy, tier, ext): (usize, usize, u8, usize, u8, u8),
     ) -> Service {
         let labels = match tier {
             0 | 1 => json!({"tier": format!("t{tier}"), "app": name}),
@@ -792,11 +940,18 @@ mod tests {
             .filter(|(i, _)| ips & (1 << i) != 0)
             .map(|(_, ip)| json!({"ip": ip}))
             .collect();
+        let external: Vec<&str> = EXTERNAL
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| ext & (1 << i) != 0)
+            .map(|(_, ip)| *ip)
+            .collect();
         serde_json::from_value(json!({
             "metadata": {"namespace": ns, "name": name, "labels": labels,
                          "annotations": {"ferrolb.io/address-pool": "p1"}},
             "spec": {"type": TYPES[ty], "loadBalancerClass": CLASSES[class],
-                     "externalTrafficPolicy": POLICIES[policy], "ports": [{"port": 80}]},
+                     "externalTrafficPolicy": POLICIES[policy], "ports": [{"port": 80}],
+                     "externalIPs": if external.is_empty() { None } else { Some(external) }},
             "status": {"loadBalancer": {"ingress": ingress},
                        "conditions": [{"type": "ferrolb.io/Announced", "status": "True", "reason": "x",
                                        "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z"}]},
@@ -830,16 +985,23 @@ mod tests {
         .unwrap()
     }
 
-    fn pool(name: &str, valid: bool) -> IPAddressPool {
-        let addresses = if valid {
-            json!(["203.0.113.0/24", "2001:db8::/64"])
-        } else {
-            json!(["not an address"])
+    /// Pool `name`: p1 holds 203.0.113.0/24 and 2001:db8::/64, p2 198.51.100.0/24;
+    /// `mark` 0: not marked for externalIPs, 1: for namespace a, 2: for a and b.
+    fn pool(name: &str, valid: bool, mark: u8) -> IPAddressPool {
+        let addresses = match (valid, name) {
+            (false, _) => json!(["not an address"]),
+            (true, "p2") => json!(["198.51.100.0/24"]),
+            (true, _) => json!(["203.0.113.0/24", "2001:db8::/64"]),
+        };
+        let external = match mark {
+            0 => None,
+            1 => Some(json!({"namespaces": ["a"]})),
+            _ => Some(json!({"namespaces": ["a", "b"]})),
         };
         serde_json::from_value(json!({
             "apiVersion": "ferrolb.io/v1alpha1", "kind": "IPAddressPool",
             "metadata": {"name": name, "labels": {"pool": name}},
-            "spec": {"addresses": addresses},
+            "spec": {"addresses": addresses, "externalIPs": external},
         }))
         .unwrap()
     }
@@ -874,7 +1036,10 @@ mod tests {
             3,
         );
         let services = prop::collection::vec(
-            prop::option::weighted(0.8, (0..4usize, 0..3usize, 0..16u8, 0..3usize, 0..3u8)),
+            prop::option::weighted(
+                0.8,
+                (0..4usize, 0..3usize, 0..16u8, 0..3usize, 0..3u8, 0..8u8),
+            ),
             4,
         );
         let slices = prop::collection::vec(
@@ -887,7 +1052,7 @@ mod tests {
             ),
             6,
         );
-        let pools = prop::collection::vec(prop::option::weighted(0.8, any::<bool>()), 2);
+        let pools = prop::collection::vec(prop::option::weighted(0.8, (any::<bool>(), 0..3u8)), 2);
         let advs = prop::collection::vec(prop::option::weighted(0.8, 0..4u8), 2);
         (nodes, services, slices, pools, advs).prop_map(|(nodes, services, slices, pools, advs)| {
             let mut s = Snapshot::default();
@@ -917,9 +1082,9 @@ mod tests {
                 }
             }
             for (i, p) in pools.into_iter().enumerate() {
-                if let Some(valid) = p {
+                if let Some((valid, mark)) = p {
                     let name = format!("p{}", i + 1);
-                    s.pools.insert(name.clone(), pool(&name, valid));
+                    s.pools.insert(name.clone(), pool(&name, valid, mark));
                 }
             }
             for (i, a) in advs.into_iter().enumerate() {
@@ -996,12 +1161,12 @@ mod tests {
         let mut c = caches();
         let mut s = Snapshot::default();
         s.nodes.insert("n1".into(), node("n1", 0, None));
-        s.pools.insert("p1".into(), pool("p1", true));
+        s.pools.insert("p1".into(), pool("p1", true, 0));
         s.advertisements
             .insert("ad1".into(), advertisement("ad1", 0));
         // ClusterIP (type index 1) with a slice on n2.
         s.services
-            .insert(key("a", "s1"), service("a", "s1", (1, 0, 1, 0, 0)));
+            .insert(key("a", "s1"), service("a", "s1", (1, 0, 1, 0, 0, 0)));
         s.slices
             .insert(key("a", "x1"), slice("a", "x1", 0, &[(1, 0, 0)]));
         relist_all(&s, &mut c);
@@ -1013,7 +1178,7 @@ mod tests {
         assert!(c.apply(Change::service(Event::Apply(service(
             "a",
             "s1",
-            (0, 0, 1, 0, 0)
+            (0, 0, 1, 0, 0, 0)
         )))));
         assert!(c.generation > g0);
         let w = c.world(&alive, CLASS, false);
@@ -1024,7 +1189,7 @@ mod tests {
         assert!(c.apply(Change::service(Event::Apply(service(
             "a",
             "s1",
-            (1, 0, 1, 0, 0)
+            (1, 0, 1, 0, 0, 0)
         )))));
         assert!(c.services.items.is_empty());
         assert!(c.world(&alive, CLASS, false).services.is_empty());
@@ -1034,7 +1199,7 @@ mod tests {
     fn a_pool_edit_that_breaks_its_addresses_keeps_the_last_good_ones() {
         let mut c = caches();
         c.apply(Change::pool(Event::Init));
-        c.apply(Change::pool(Event::InitApply(pool("p", true))));
+        c.apply(Change::pool(Event::InitApply(pool("p", true, 0))));
         c.apply(Change::pool(Event::InitDone));
         let good = c
             .world
@@ -1044,12 +1209,12 @@ mod tests {
             .expect("a valid pool is kept");
         // The edit breaks it: the speaker keeps announcing from the last valid addresses,
         // as the controller keeps them assigned.
-        c.apply(Change::pool(Event::Apply(pool("p", false))));
+        c.apply(Change::pool(Event::Apply(pool("p", false, 0))));
         assert_eq!(c.world.pools.get("p"), Some(&good));
         // A pool that was never valid announces nothing; a deleted pool is gone.
-        c.apply(Change::pool(Event::Apply(pool("q", false))));
+        c.apply(Change::pool(Event::Apply(pool("q", false, 0))));
         assert!(!c.world.pools.contains_key("q"));
-        c.apply(Change::pool(Event::Delete(pool("p", false))));
+        c.apply(Change::pool(Event::Delete(pool("p", false, 0))));
         assert!(!c.world.pools.contains_key("p"));
     }
 
@@ -1058,22 +1223,22 @@ mod tests {
         let mut c = caches();
         let mut s = Snapshot::default();
         s.services
-            .insert(key("a", "s1"), service("a", "s1", (0, 0, 1, 1, 0)));
+            .insert(key("a", "s1"), service("a", "s1", (0, 0, 1, 1, 0, 0)));
         s.services
-            .insert(key("a", "s2"), service("a", "s2", (1, 0, 0, 1, 0)));
+            .insert(key("a", "s2"), service("a", "s2", (1, 0, 0, 1, 0, 0)));
         relist_all(&s, &mut c);
         let g0 = c.generation;
 
         // The controller rewrites a LoadBalancer's status conditions; a ClusterIP Service
         // changes; the slice of that ClusterIP Service moves.
-        let mut lb = service("a", "s1", (0, 0, 1, 1, 0));
+        let mut lb = service("a", "s1", (0, 0, 1, 1, 0, 0));
         lb.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].message = "moved".into();
         lb.metadata.resource_version = Some("99".into());
         assert!(!c.apply(Change::service(Event::Apply(lb))));
         assert!(!c.apply(Change::service(Event::Apply(service(
             "a",
             "s2",
-            (1, 0, 3, 0, 1)
+            (1, 0, 3, 0, 1, 0)
         )))));
         assert!(c.apply(Change::slice(Event::Apply(slice(
             "a",
@@ -1113,7 +1278,7 @@ mod tests {
         assert!(c.apply(Change::service(Event::Apply(service(
             "a",
             "s1",
-            (0, 0, 3, 1, 0)
+            (0, 0, 3, 1, 0, 0)
         )))));
         assert_eq!(c.generation, g + 2);
         // A slice that stops naming the LoadBalancer.

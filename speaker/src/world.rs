@@ -3,8 +3,10 @@
 //! ```text
 //!   Node ─────────────▶ core::Node          IPAddressPool ──▶ core::Pool (valid addresses only)
 //!   L2Advertisement ──▶ core::Advertisement (valid selectors only; the controller reports the rest)
-//!   Service + its EndpointSlices ──▶ core::Service (handled LoadBalancers with IPs only)
-//!     kept on arrival as LbService (LoadBalancers only) + SliceSummary (every slice)
+//!   Service + its EndpointSlices ──▶ core::Service (handled LoadBalancers with IPs, and
+//!     Services with accepted externalIPs: ferrolb_crds::external_ips, judged in cache.rs)
+//!     kept on arrival as LbService (LoadBalancers and Services with externalIPs only)
+//!     + SliceSummary (every slice)
 //!   Lease (ferrolb-speaker-<node>) ──▶ peer heartbeat address, incarnation, public key
 //! ```
 
@@ -71,6 +73,24 @@ pub fn pool(p: &IPAddressPool) -> Option<core::Pool> {
     })
 }
 
+/// A pool as the speaker keeps it: its addresses when they parse, and whether it serves
+/// externalIPs (to which namespaces).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptPool {
+    /// [`pool`] of it.
+    pub parsed: Option<core::Pool>,
+    /// `spec.externalIPs.namespaces`, when marked.
+    pub external_ips: Option<Vec<String>>,
+}
+
+/// What is kept of a pool.
+pub fn kept_pool(p: &IPAddressPool) -> KeptPool {
+    KeptPool {
+        parsed: pool(p),
+        external_ips: p.spec.external_ips.as_ref().map(|e| e.namespaces.clone()),
+    }
+}
+
 /// An advertisement with valid selectors; `Err` says why it is ignored.
 pub fn advertisement(a: &L2Advertisement) -> Result<core::Advertisement, String> {
     Ok(core::Advertisement {
@@ -113,26 +133,30 @@ pub fn is_handled(s: &K8sService, lb_class: &str) -> bool {
             .is_none_or(|c| c == lb_class)
 }
 
-/// A handled Service with IPs, joined with its EndpointSlices; `None` when there is
-/// nothing to announce. The speaker keeps [`LbService`] and [`SliceSummary`] instead of
-/// the objects; [`LbService::to_core`] must give what this gives (tested).
+/// A Service with IPs to announce, joined with its EndpointSlices: its status IPs when it
+/// is a handled LoadBalancer, then its `accepted` externalIPs (the caller judged them:
+/// [`ferrolb_crds::external_ips`]); `None` when there is nothing to announce. The speaker
+/// keeps [`LbService`] and [`SliceSummary`] instead of the objects; [`LbService::to_core`]
+/// must give what this gives (tested).
 pub fn service<'a>(
     s: &K8sService,
     lb_class: &str,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    accepted: &[IpAddr],
 ) -> Option<core::Service> {
-    if !is_handled(s, lb_class) {
-        return None;
-    }
-    let ips: Vec<IpAddr> = s
-        .status
-        .as_ref()
-        .and_then(|st| st.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect();
+    let mut ips: Vec<IpAddr> = if is_handled(s, lb_class) {
+        s.status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    add_accepted(&mut ips, accepted);
     if ips.is_empty() {
         return None;
     }
@@ -304,13 +328,25 @@ pub fn kept_advertisement(a: &L2Advertisement) -> KeptAdvertisement {
     }
 }
 
-/// A `type: LoadBalancer` Service as the speaker keeps it: what [`service`] reads of it.
-/// Any other Service is kept as nothing; should it become a LoadBalancer, the watch
-/// delivers it again and its EndpointSlices are already kept (as [`SliceSummary`]).
+/// `accepted` externalIPs appended to `ips`, each once.
+fn add_accepted(ips: &mut Vec<IpAddr>, accepted: &[IpAddr]) {
+    for ip in accepted {
+        if !ips.contains(ip) {
+            ips.push(*ip);
+        }
+    }
+}
+
+/// A `type: LoadBalancer` Service, or one with `spec.externalIPs`, as the speaker keeps
+/// it: what [`service`] reads of it. Any other Service is kept as nothing; should it
+/// become one of those, the watch delivers it again and its EndpointSlices are already
+/// kept (as [`SliceSummary`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LbService {
     /// `namespace/name` ([`service_key`]).
     pub key: String,
+    /// `spec.type` is `LoadBalancer`.
+    pub lb: bool,
     /// `spec.loadBalancerClass`.
     pub class: Option<String>,
     /// `metadata.labels`, matched by `serviceSelectors`.
@@ -319,16 +355,26 @@ pub struct LbService {
     pub ips: Vec<IpAddr>,
     /// `externalTrafficPolicy: Local`.
     pub local: bool,
+    /// `spec.externalIPs` that parse, sorted, each once (announced only once accepted).
+    pub external_ips: Vec<IpAddr>,
 }
 
-/// What is kept of a Service: `None` unless it is `type: LoadBalancer` (of any class).
+/// What is kept of a Service: `None` unless it is `type: LoadBalancer` (of any class) or
+/// lists `spec.externalIPs`.
 pub fn lb_service(s: &K8sService) -> Option<LbService> {
     let spec = s.spec.as_ref()?;
-    if spec.type_.as_deref() != Some("LoadBalancer") {
+    let lb = spec.type_.as_deref() == Some("LoadBalancer");
+    let external_ips = spec
+        .external_ips
+        .as_deref()
+        .map(ferrolb_crds::external_ips::parse)
+        .unwrap_or_default();
+    if !lb && external_ips.is_empty() {
         return None;
     }
     Some(LbService {
         key: service_key(s),
+        lb,
         class: spec.load_balancer_class.clone(),
         labels: Labels::new(s.metadata.labels.as_ref()),
         ips: s
@@ -341,6 +387,7 @@ pub fn lb_service(s: &K8sService) -> Option<LbService> {
             .filter_map(|i| i.ip.as_deref()?.parse().ok())
             .collect(),
         local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        external_ips,
     })
 }
 
@@ -394,9 +441,14 @@ pub fn slice_summary(slice: &EndpointSlice) -> Option<SliceSummary> {
 }
 
 impl LbService {
-    /// Whether the speaker serves it ([`is_handled`]).
+    /// Whether the speaker serves it as a LoadBalancer ([`is_handled`]).
     pub fn is_handled(&self, lb_class: &str) -> bool {
-        self.class.as_deref().is_none_or(|c| c == lb_class)
+        self.lb && self.class.as_deref().is_none_or(|c| c == lb_class)
+    }
+
+    /// The LoadBalancer IPs its status shows (of any class), which no externalIP may take.
+    pub fn lb_ips(&self) -> &[IpAddr] {
+        if self.lb { &self.ips } else { &[] }
     }
 
     /// The core's Service, joined with the endpoints of its EndpointSlices; `None` when
@@ -407,8 +459,15 @@ impl LbService {
         lb_class: &str,
         keys: &LabelKeys,
         slices: impl IntoIterator<Item = &'a Endpoints>,
+        accepted: &[IpAddr],
     ) -> Option<core::Service> {
-        if !self.is_handled(lb_class) || self.ips.is_empty() {
+        let mut ips = if self.is_handled(lb_class) {
+            self.ips.clone()
+        } else {
+            Vec::new()
+        };
+        add_accepted(&mut ips, accepted);
+        if ips.is_empty() {
             return None;
         }
         let mut serving_nodes = BTreeSet::new();
@@ -420,7 +479,7 @@ impl LbService {
         Some(core::Service {
             key: self.key.clone(),
             labels: self.labels.only(&keys.services),
-            ips: self.ips.clone(),
+            ips,
             local: self.local,
             serving_nodes,
             has_serving_endpoints,
@@ -545,29 +604,49 @@ mod tests {
     }
 
     /// `spec.externalIPs` are settable by anyone who can create a Service (CVE-2020-8554):
-    /// FerroLB announces only the IPs the controller published in the status.
+    /// they are kept, but announced only once accepted (by the rule of
+    /// `ferrolb_crds::external_ips`, applied in cache.rs), never just because they are set.
     #[test]
-    fn external_ips_are_never_announced() {
+    fn external_ips_are_announced_only_when_accepted() {
+        let class = ferrolb_crds::DEFAULT_LB_CLASS;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let mut with_status = lb_service(&["203.0.113.5"], false);
         with_status.spec.as_mut().unwrap().external_ips =
             Some(vec!["203.0.113.99".into(), "198.51.100.7".into()]);
-        let core = service(&with_status, ferrolb_crds::DEFAULT_LB_CLASS, []).unwrap();
-        assert_eq!(core.ips, ["203.0.113.5".parse::<IpAddr>().unwrap()]);
+        let core = service(&with_status, class, [], &[]).unwrap();
+        assert_eq!(core.ips, [ip("203.0.113.5")]);
+        let kept = super::lb_service(&with_status).unwrap();
+        assert_eq!(kept.external_ips, [ip("198.51.100.7"), ip("203.0.113.99")]);
         assert_eq!(
-            super::lb_service(&with_status).unwrap().ips,
-            core.ips,
-            "the kept form too"
+            kept.to_core(class, &LabelKeys::default(), [], &[]),
+            Some(core)
         );
-        // No status IP: nothing to announce, whatever externalIPs say.
-        let mut only_external = lb_service(&[], false);
-        only_external.spec.as_mut().unwrap().external_ips = Some(vec!["203.0.113.99".into()]);
+        // Accepted: after the status IPs, each once.
+        let core = service(
+            &with_status,
+            class,
+            [],
+            &[ip("198.51.100.7"), ip("203.0.113.5")],
+        );
+        assert_eq!(core.unwrap().ips, [ip("203.0.113.5"), ip("198.51.100.7")]);
+
+        // A ClusterIP Service: kept for its externalIPs, announced only when accepted, and
+        // a stale status ingress of it is no LoadBalancer IP.
+        let mut cluster_ip = lb_service(&["203.0.113.6"], false);
+        let spec = cluster_ip.spec.as_mut().unwrap();
+        spec.type_ = Some("ClusterIP".into());
+        spec.external_ips = Some(vec!["203.0.113.99".into()]);
+        let kept = super::lb_service(&cluster_ip).expect("kept for its externalIPs");
+        assert!(kept.lb_ips().is_empty());
+        assert_eq!(service(&cluster_ip, class, [], &[]), None);
+        assert_eq!(kept.to_core(class, &LabelKeys::default(), [], &[]), None);
+        let accepted = [ip("203.0.113.99")];
+        let core = service(&cluster_ip, class, [], &accepted).unwrap();
+        assert_eq!(core.ips, accepted);
         assert_eq!(
-            service(&only_external, ferrolb_crds::DEFAULT_LB_CLASS, []),
-            None
+            kept.to_core(class, &LabelKeys::default(), [], &accepted),
+            Some(core)
         );
-        // Nor on a ClusterIP Service.
-        only_external.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
-        assert_eq!(super::lb_service(&only_external), None);
     }
 
     fn slice(eps: &[(&str, Option<bool>, Option<bool>)]) -> EndpointSlice {
@@ -607,6 +686,7 @@ mod tests {
             &lb_service(&["203.0.113.1"], true),
             "ferrolb.io/ferrolb",
             [&sl],
+            &[],
         )
         .unwrap();
         assert!(s.local && s.has_serving_endpoints);
@@ -619,6 +699,7 @@ mod tests {
             &lb_service(&["203.0.113.1"], false),
             "ferrolb.io/ferrolb",
             [&none],
+            &[],
         )
         .unwrap();
         assert!(!s.has_serving_endpoints);
@@ -626,10 +707,10 @@ mod tests {
 
     #[test]
     fn services_without_ips_or_of_another_class_are_skipped() {
-        assert!(service(&lb_service(&[], false), "ferrolb.io/ferrolb", []).is_none());
+        assert!(service(&lb_service(&[], false), "ferrolb.io/ferrolb", [], &[]).is_none());
         let mut other = lb_service(&["203.0.113.1"], false);
         other.spec.as_mut().unwrap().load_balancer_class = Some("x/y".into());
-        assert!(service(&other, "ferrolb.io/ferrolb", []).is_none());
+        assert!(service(&other, "ferrolb.io/ferrolb", [], &[]).is_none());
     }
 
     /// The kept forms against the objects, on these fixtures (cache.rs checks whole Worlds
@@ -671,8 +752,14 @@ mod tests {
             ours,
         ] {
             let k = super::lb_service(&s).expect("a LoadBalancer is kept");
-            assert_eq!(k.to_core(class, &keys, eps()), service(&s, class, &slices));
-            assert_eq!(k.to_core(class, &keys, []), service(&s, class, []));
+            assert_eq!(
+                k.to_core(class, &keys, eps(), &[]),
+                service(&s, class, &slices, &[])
+            );
+            assert_eq!(
+                k.to_core(class, &keys, [], &[]),
+                service(&s, class, [], &[])
+            );
         }
         let mut cluster_ip = lb_service(&["203.0.113.1"], false);
         cluster_ip.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());

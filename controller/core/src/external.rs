@@ -69,25 +69,6 @@ fn lb_ips(svc: &Service) -> Vec<IpAddr> {
     }
 }
 
-fn index_diff(
-    map: &mut HashMap<IpAddr, BTreeSet<ServiceKey>>,
-    key: &ServiceKey,
-    old: &[IpAddr],
-    new: &[IpAddr],
-) {
-    for ip in old.iter().filter(|ip| !new.contains(ip)) {
-        if let Some(keys) = map.get_mut(ip) {
-            keys.remove(key);
-            if keys.is_empty() {
-                map.remove(ip);
-            }
-        }
-    }
-    for ip in new {
-        map.entry(*ip).or_default().insert(key.clone());
-    }
-}
-
 impl External {
     /// Records a Service's change (`new: None`: deleted) and returns the Services whose
     /// verdicts may have changed: itself when it lists externalIPs (or did), and those
@@ -106,17 +87,13 @@ impl External {
             old.map(lb_ips).unwrap_or_default(),
             new.map(lb_ips).unwrap_or_default(),
         );
-        index_diff(&mut self.by_ip, key, &old_ext, &new_ext);
-        index_diff(&mut self.lb_held, key, &old_lb, &new_lb);
+        external_ips::reindex(&mut self.by_ip, key, &old_ext, &new_ext);
+        let changed = external_ips::reindex(&mut self.lb_held, key, &old_lb, &new_lb);
         let mut wake = BTreeSet::new();
         if new.is_some() && !(old_ext.is_empty() && new_ext.is_empty()) {
             wake.insert(key.clone());
         }
-        let changed = old_lb
-            .iter()
-            .filter(|ip| !new_lb.contains(ip))
-            .chain(new_lb.iter().filter(|ip| !old_lb.contains(ip)));
-        for ip in changed {
+        for ip in &changed {
             if let Some(keys) = self.by_ip.get(ip) {
                 wake.extend(keys.iter().filter(|k| *k != key || new.is_some()).cloned());
             }
