@@ -303,6 +303,38 @@ fn verdict(p: &IPAddressPool, req: &ServiceRequest) -> Result<String, String> {
         .map_err(|why| format!("excludes it: {why}"))
 }
 
+/// The externalIPs of `svc` the speakers announce: the shared rule
+/// ([`ferrolb_crds::external_ips`]) over the pools of `w` and the snapshot's Services.
+fn accepted_external_ips(snap: &Snapshot, w: &World, svc: &Service) -> Vec<IpAddr> {
+    let Some(listed) = svc.spec.as_ref().and_then(|s| s.external_ips.as_deref()) else {
+        return Vec::new();
+    };
+    let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+    ferrolb_crds::external_ips::parse(listed)
+        .into_iter()
+        .filter(|ip| {
+            let holder = snap.services.iter().find(|o| {
+                o.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
+                    && world::lb_service(o).is_some_and(|k| k.ips.contains(ip))
+            });
+            let holder = holder.map(world::service_key);
+            let rule = w.pools.values().map(|p| {
+                let marked = snap
+                    .pools
+                    .iter()
+                    .find(|sp| sp.metadata.name.as_deref() == Some(p.name.as_str()))
+                    .and_then(|sp| sp.spec.external_ips.as_ref());
+                ferrolb_crds::external_ips::Pool {
+                    name: &p.name,
+                    addresses: &p.addresses,
+                    namespaces: marked.map(|e| e.namespaces.as_slice()),
+                }
+            });
+            ferrolb_crds::external_ips::judge(*ip, ns, rule, holder.as_deref()).is_accepted()
+        })
+        .collect()
+}
+
 /// The speakers' World as the plugin can see it, and the interfaces it assumed per speaker.
 pub fn world_of(
     snap: &Snapshot,
@@ -345,7 +377,8 @@ pub fn world_of(
             .slices
             .iter()
             .filter(|s| world::slice_service_key(s).as_deref() == Some(key.as_str()));
-        if let Some(s) = world::service(svc, &snap.lb_class, slices) {
+        let accepted = accepted_external_ips(snap, &w, svc);
+        if let Some(s) = world::service(svc, &snap.lb_class, slices, &accepted) {
             w.apply_service(s);
         }
     }

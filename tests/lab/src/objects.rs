@@ -57,6 +57,10 @@ pub struct Svc {
     pub labels: BTreeMap<String, String>,
     /// Nodes with a ready, serving endpoint; `None` = every node.
     pub endpoints: Option<Vec<String>>,
+    /// `spec.type` (`LoadBalancer` unless set).
+    pub kind: String,
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<String>,
 }
 
 impl Svc {
@@ -71,7 +75,27 @@ impl Svc {
             annotations: BTreeMap::new(),
             labels: BTreeMap::new(),
             endpoints: None,
+            kind: "LoadBalancer".into(),
+            external_ips: Vec::new(),
         }
+    }
+
+    /// A `type: ClusterIP` Service instead (it gets no LoadBalancer IP).
+    pub fn cluster_ip(mut self) -> Svc {
+        self.kind = "ClusterIP".into();
+        self
+    }
+
+    /// Sets `spec.externalIPs`.
+    pub fn external_ips(mut self, ips: &[&str]) -> Svc {
+        self.external_ips = ips.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Lives in `namespace` (which must exist).
+    pub fn in_namespace(mut self, namespace: &str) -> Svc {
+        self.namespace = namespace.into();
+        self
     }
 
     /// Sets the address families.
@@ -176,6 +200,20 @@ pub fn service(svc: &Svc) -> Service {
     } else {
         "SingleStack"
     };
+    let mut spec = json!({
+        "type": svc.kind,
+        "ports": ports,
+        "ipFamilies": svc.family.families(),
+        "ipFamilyPolicy": policy,
+    });
+    // The API server refuses a traffic policy on a Service that is not reachable from
+    // outside (ClusterIP).
+    if svc.kind != "ClusterIP" {
+        spec["externalTrafficPolicy"] = json!(if svc.local { "Local" } else { "Cluster" });
+    }
+    if !svc.external_ips.is_empty() {
+        spec["externalIPs"] = json!(svc.external_ips);
+    }
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -185,13 +223,7 @@ pub fn service(svc: &Svc) -> Service {
             "annotations": svc.annotations,
             "labels": svc.labels,
         },
-        "spec": {
-            "type": "LoadBalancer",
-            "ports": ports,
-            "externalTrafficPolicy": if svc.local { "Local" } else { "Cluster" },
-            "ipFamilies": svc.family.families(),
-            "ipFamilyPolicy": policy,
-        },
+        "spec": spec,
     }))
     .expect("valid Service")
 }
