@@ -1,5 +1,7 @@
 //! What liveness costs one speaker in a cluster of N:
-//! `cargo bench -p ferrolb-speaker --bench liveness_sim [-- N…]` (default 100 300 1000).
+//! `cargo bench -p ferrolb-speaker --bench liveness_sim [-- N… N/G…]` (default 100 300 1000
+//! 1000/10; `N/G`: N speakers split by G L2Advertisements into groups of N/G, each
+//! heartbeating only its group, docs/failover.md#who-heartbeats-whom).
 //!
 //! ```text
 //!   simulation (no sockets, simulated time):
@@ -23,11 +25,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use ferrolb_crds::addresses::PoolAddresses;
+use ferrolb_crds::selector::Selector;
+use ferrolb_speaker::core::{Advertisement, Node, Pool, PoolSelection, World};
 use ferrolb_speaker::liveness::engine::heard_window;
 use ferrolb_speaker::liveness::{
     Config, Engine, Heard, Heartbeat, Key, Liveness, LivenessConfig, PeerAddr, SigningKey,
     decode_any, encode, node_id,
 };
+use ferrolb_speaker::scope::{Heartbeats, Scope};
 
 const INTERVAL: Duration = Duration::from_millis(100);
 const KEY: &[u8] = b"a-32-byte-cluster-heartbeat-key!";
@@ -48,7 +54,12 @@ fn ifaces() -> BTreeSet<String> {
 }
 
 /// `n` speakers named worker-NNNN with phases spread over the interval; speaker 0 first.
-fn cluster(n: usize, addr: impl Fn(usize) -> SocketAddr) -> Vec<Peer> {
+/// Each hears the others of its group (`group`).
+fn cluster(
+    n: usize,
+    addr: impl Fn(usize) -> SocketAddr,
+    group: impl Fn(usize) -> usize,
+) -> Vec<Peer> {
     let phases: Vec<Duration> = (0..n)
         .map(|i| INTERVAL.mul_f64(((i * 7919) % 1000) as f64 / 1000.0))
         .collect();
@@ -58,7 +69,7 @@ fn cluster(n: usize, addr: impl Fn(usize) -> SocketAddr) -> Vec<Peer> {
             let mut seed = [0u8; 32];
             seed[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
             let mut heard: Vec<Heard> = (0..n)
-                .filter(|k| *k != i)
+                .filter(|k| *k != i && group(*k) == group(i))
                 .map(|k| {
                     // It heard k's last heartbeat when k sent it (plus 0.1 ms).
                     let age = (phases[i] + INTERVAL - phases[k]).as_millis() % 100;
@@ -142,12 +153,49 @@ enum Event {
     Beat(usize),
 }
 
-fn simulate(n: usize, secs: f64) -> (Figures, bool, usize) {
+/// The World of `n` nodes labelled by group (`i * groups / n`), one pool and one
+/// L2Advertisement per group.
+fn grouped_world(peers: &[Peer], groups: usize) -> World {
+    let n = peers.len();
+    let mut w = World::default();
+    for (i, p) in peers.iter().enumerate() {
+        w.apply_node(Node {
+            name: p.name.clone(),
+            labels: BTreeMap::from([("group".to_string(), (i * groups / n).to_string())]),
+            ..Default::default()
+        });
+    }
+    for g in 0..groups {
+        w.apply_pool(Pool {
+            name: format!("p{g}"),
+            labels: BTreeMap::new(),
+            addresses: PoolAddresses::parse(&[format!("10.{g}.0.0/24")]).unwrap(),
+        });
+        let gs = g.to_string();
+        w.apply_advertisement(Advertisement {
+            name: format!("a{g}"),
+            pools: PoolSelection {
+                names: [format!("p{g}")].into(),
+                selectors: Vec::new(),
+            },
+            node_selectors: vec![Selector::from_labels([("group", gs.as_str())])],
+            ..Default::default()
+        });
+    }
+    w
+}
+
+fn simulate(n: usize, groups: usize, secs: f64) -> (Figures, bool, usize) {
     let key = Key::new(KEY).unwrap();
-    let peers = cluster(n, |i| {
-        let ip = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, (i >> 16) as u16, i as u16);
-        SocketAddr::new(IpAddr::V6(ip), 7473)
-    });
+    let group = |i: usize| i * groups / n;
+    let peers = cluster(
+        n,
+        |i| {
+            let ip = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, (i >> 16) as u16, i as u16);
+            SocketAddr::new(IpAddr::V6(ip), 7473)
+        },
+        group,
+    );
     let t0 = Instant::now();
     let me = &peers[0];
     let mut engine = Engine::new(
@@ -163,7 +211,10 @@ fn simulate(n: usize, secs: f64) -> (Figures, bool, usize) {
         Arc::default(),
         t0,
     );
-    engine.set_peers(&members(&peers), t0);
+    // Whom speaker 0 heartbeats: the glue's own rule (scope.rs) on the grouped World.
+    let scope = Scope::of(&grouped_world(&peers, groups), &peers[0].name);
+    let to = Heartbeats::default().peers(&members(&peers[1..]), &scope, t0);
+    engine.set_peers(&to, t0);
     engine.set_interfaces(&ifaces());
     engine.set_ready(true);
     let warm = Duration::from_secs(1);
@@ -179,6 +230,9 @@ fn simulate(n: usize, secs: f64) -> (Figures, bool, usize) {
         t += INTERVAL;
     }
     for (j, p) in peers.iter().enumerate().skip(1) {
+        if group(j) != group(0) {
+            continue; // its group's scope leaves speaker 0 out
+        }
         let mut t = p.phase;
         while t < end {
             events.push((t, Event::Beat(j)));
@@ -285,7 +339,7 @@ fn loopback(n: usize, secs: u64) -> Result<(), Box<dyn std::error::Error>> {
     let (_ready_tx, ready_rx) = tokio::sync::watch::channel(true);
     let (live, view) = Liveness::spawn(cfg, peers_rx, ifaces_rx, ready_rx)?;
     let me = live.local_addr();
-    let mut all = cluster(n, |i| if i == 0 { me } else { peers_addr[i - 1] });
+    let mut all = cluster(n, |i| if i == 0 { me } else { peers_addr[i - 1] }, |_| 0);
     // Speaker 0's key is the thread's own (drawn at start), not the one made up here.
     let mut m = members(&all);
     if let Some(p) = m.get_mut("worker-0000") {
@@ -363,12 +417,17 @@ fn loopback(n: usize, secs: u64) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args()
+    // `N` (all-to-all) or `N/G` (G advertisement groups).
+    let sizes: Vec<(usize, usize)> = std::env::args()
         .skip(1)
-        .filter_map(|a| a.parse().ok())
+        .filter_map(|a| match a.split_once('/') {
+            Some((n, g)) => Some((n.parse().ok()?, g.parse().ok()?)),
+            None => Some((a.parse().ok()?, 1)),
+        })
+        .filter(|(n, g)| *g >= 1 && g <= n)
         .collect();
     let sizes = if sizes.is_empty() {
-        vec![100, 300, 1000]
+        vec![(100, 1), (300, 1), (1000, 1), (1000, 10)]
     } else {
         sizes
     };
@@ -380,8 +439,8 @@ fn main() {
         "per speaker, {secs} simulated s after 1 s of warm-up (CPU: wall time of its calls on one thread)"
     );
     println!(
-        "{:>5} | {:>9} | {:>8} {:>8} {:>6} {:>6} | {:>7} {:>7} | {:>10} {:>10} | {:>7}",
-        "N",
+        "{:>7} | {:>9} | {:>8} {:>8} {:>6} {:>6} | {:>7} {:>7} | {:>10} {:>10} | {:>7}",
+        "N/G",
         "CPU µs/s",
         "receive",
         "(crypto)",
@@ -393,12 +452,17 @@ fn main() {
         "out B/s",
         "µs/dgram"
     );
-    for n in sizes {
+    for (n, groups) in sizes {
         let wall = Instant::now();
-        let (f, serving, alive) = simulate(n, secs);
+        let (f, serving, alive) = simulate(n, groups, secs);
         let total = f.receive + f.tick + f.send;
+        let label = if groups == 1 {
+            n.to_string()
+        } else {
+            format!("{n}/{groups}")
+        };
         println!(
-            "{n:>5} | {:>9.0} | {:>8.0} {:>8.0} {:>6.0} {:>6.0} | {:>7.0} {:>7.0} | {:>10.0} {:>10.0} | {:>7.1}   ({:.0} views/s, serving {serving}, {alive} alive, {:.1} s)",
+            "{label:>7} | {:>9.0} | {:>8.0} {:>8.0} {:>6.0} {:>6.0} | {:>7.0} {:>7.0} | {:>10.0} {:>10.0} | {:>7.1}   ({:.0} views/s, serving {serving}, {alive} alive, {:.1} s)",
             f.per_s(total),
             f.per_s(f.receive),
             f.per_s(f.crypto),

@@ -20,6 +20,7 @@ pub mod dataplane;
 pub mod liveness;
 pub mod membership;
 pub mod metrics;
+pub mod scope;
 pub mod status;
 pub mod step;
 pub mod wire;
@@ -161,7 +162,7 @@ pub async fn run(
     let (report_tx, report_rx) = watch::channel(status::report(
         &core::Table::default(),
         &me,
-        false,
+        None,
         incarnation,
         Some(liveness::NotServing::NotReady),
         &BTreeMap::new(),
@@ -173,7 +174,13 @@ pub async fn run(
         metrics.clone(),
     ));
     let mut serving: Option<liveness::NotServing> = Some(liveness::NotServing::NotReady);
+    // Every speaker Lease but ours; the heartbeat engine gets those in our scope.
     let mut peers: BTreeMap<String, liveness::PeerAddr> = BTreeMap::new();
+    // Whom we heartbeat (scope.rs): everyone until the caches sync, then the nodes that may
+    // be candidates with us, recomputed when the World's Nodes, pools or advertisements change.
+    let mut scope = scope::Scope::everyone();
+    let mut scope_generation: Option<u64> = None;
+    let mut heartbeats = scope::Heartbeats::default();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The decisions (warm-up, election, takeover, announce again, report): step.rs.
@@ -237,13 +244,35 @@ pub async fn run(
                 &me,
                 tokio::time::Instant::now(),
             );
-            peers_tx.send_if_modified(|old| std::mem::replace(old, peers.clone()) != peers);
         }
         let started = tokio::time::Instant::now();
         let alive = alive_rx.borrow_and_update().clone();
         let synced = caches.synced();
+        let generation = caches.generation;
         // The world is kept current event by event (cache.rs); this only sets its speakers.
         let world = synced.then(|| caches.current_world(&alive, config.ignore_exclude_lb));
+        let mut scope_changed = false;
+        if let Some(w) = world
+            && scope_generation != Some(generation)
+        {
+            scope_generation = Some(generation);
+            let next = scope::Scope::of(w, &me);
+            if next != scope {
+                scope = next;
+                scope_changed = true;
+            }
+        }
+        if lease_check || scope_changed {
+            let to = heartbeats.peers(&peers, &scope, started.into_std());
+            if scope_changed {
+                tracing::info!(
+                    peers = to.len(),
+                    everyone = scope.is_everyone(),
+                    "heartbeat scope changed"
+                );
+            }
+            peers_tx.send_if_modified(|old| std::mem::replace(old, to.clone()) != to);
+        }
         let acts = decider.step(
             &step::Inputs {
                 synced,
@@ -252,6 +281,7 @@ pub async fn run(
                 alive: &alive,
                 not_serving: serving,
                 peers: &peers,
+                scope: &scope,
                 alive_changed,
                 rejoined_after_isolation,
             },

@@ -5,15 +5,19 @@
 //!
 //! ```text
 //!   Table ──▶ report(): Services with an IP this node announces (every IP's decision),
-//!             and, from the lowest-named serving speaker, Services nobody announces
-//!   liveness ─▶ serving / why not, peers counted out (fresh Lease, not serving in our view)
+//!             and, from the lowest-named serving speaker of its view, Services nobody
+//!             announces whose IPs it judges (it hears every node that may announce them)
+//!   liveness ─▶ serving / why not, peers counted out (fresh Lease, in our heartbeat scope,
+//!             not serving in our view)
 //!        ──▶ NodeAnnouncement <node> (server-side apply, only when it changed)
 //! ```
 //!
 //! Writes grow with changes of what this node announces, never with the number of Services
-//! it does not announce (only the housekeeper lists those) nor with time.
+//! it does not announce (only housekeepers list those: one per group of speakers that hear
+//! each other, docs/failover.md#who-heartbeats-whom) nor with time.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ferrolb_crds::{
@@ -58,13 +62,18 @@ pub fn not_serving_reason(w: NotServing) -> &'static str {
     }
 }
 
-/// This node's report. `housekeeper` is true for the lowest-named serving speaker, which
-/// also lists the Services nobody announces (with why); `down` are the known peers (fresh
-/// Leases) this speaker does not count as serving, with their incarnations.
+/// Whether this speaker's decision for an IP is right (it hears every node that decides
+/// it: `scope::Scope::judges_decision`).
+pub type Judge<'a> = &'a dyn Fn(IpAddr, &Decision) -> bool;
+
+/// This node's report. `housekeeper` is given to the lowest-named serving speaker of its
+/// view, which also lists the Services nobody announces (with why) whose every IP it
+/// judges; `down` are the known peers (fresh Leases, in its heartbeat scope) this speaker
+/// does not count as serving, with their incarnations.
 pub fn report(
     table: &Table,
     me: &str,
-    housekeeper: bool,
+    housekeeper: Option<Judge<'_>>,
     incarnation: u64,
     not_serving: Option<NotServing>,
     down: &BTreeMap<String, u64>,
@@ -75,7 +84,9 @@ pub fn report(
         .filter(|(_, decisions)| {
             let mine = decisions.values().any(|d| d.announcer() == Some(me));
             let nobodys = decisions.values().all(|d| d.announcer().is_none());
-            mine || (housekeeper && nobodys)
+            let judged =
+                || housekeeper.is_some_and(|judge| decisions.iter().all(|(ip, d)| judge(*ip, d)));
+            mine || (nobodys && judged())
         })
         .map(|(key, decisions)| ServiceReport {
             service: key.clone(),
@@ -197,6 +208,9 @@ mod tests {
     use ferrolb_crds::addresses::PoolAddresses;
     use std::collections::{BTreeMap as Map, BTreeSet};
 
+    /// A housekeeper that judges every IP (all-to-all).
+    const ALL: Judge<'static> = &|_, _| true;
+
     fn world(nodes: &[&str], svc_ips: &[&str], endpoints: bool) -> World {
         let mut w = World::default();
         for n in nodes {
@@ -239,7 +253,7 @@ mod tests {
         let none = Map::new();
         let mut reporters = Vec::new();
         for n in ["n1", "n2", "n3"] {
-            let r = report(&table, n, n == "n1", 7, None, &none);
+            let r = report(&table, n, (n == "n1").then_some(ALL), 7, None, &none);
             assert!(r.serving);
             assert_eq!(r.incarnation, "7");
             if !r.services.is_empty() {
@@ -263,11 +277,11 @@ mod tests {
         let table = core::desired(&w);
         let none = Map::new();
         assert!(
-            report(&table, "n2", false, 1, None, &none)
+            report(&table, "n2", None, 1, None, &none)
                 .services
                 .is_empty()
         );
-        let r = report(&table, "n1", true, 1, None, &none);
+        let r = report(&table, "n1", Some(ALL), 1, None, &none);
         let ip = &r.services[0].ips[0];
         assert_eq!(ip.node, None);
         assert_eq!(ip.reason.as_deref(), Some("NoServingEndpoints"));
@@ -275,13 +289,18 @@ mod tests {
             ip.message.as_deref().unwrap().starts_with("not announced"),
             "{ip:?}"
         );
+        // A housekeeper that does not hear every node that may announce an IP does not
+        // list its Service (its table may be wrong there).
+        let judges_nothing: Judge<'_> = &|_, _| false;
+        let r = report(&table, "n1", Some(judges_nothing), 1, None, &none);
+        assert!(r.services.is_empty());
     }
 
     #[test]
     fn a_dual_stack_service_reports_both_families_with_the_missing_ones_reason() {
         let w = world(&["n1"], &["203.0.113.5", "2001:db8::5"], true);
         let table = core::desired(&w);
-        let r = report(&table, "n1", true, 1, None, &Map::new());
+        let r = report(&table, "n1", Some(ALL), 1, None, &Map::new());
         let ips = &r.services[0].ips;
         assert_eq!(ips.len(), 2);
         assert_eq!(ips[0].node.as_deref(), Some("n1"));
@@ -293,7 +312,7 @@ mod tests {
     fn a_speaker_that_does_not_serve_says_why_and_whom_it_counts_out() {
         let table = Table::default();
         let down = Map::from([("n2".to_string(), 42u64), ("n3".to_string(), 7u64)]);
-        let r = report(&table, "n1", false, 1, Some(NotServing::HearNobody), &down);
+        let r = report(&table, "n1", None, 1, Some(NotServing::HearNobody), &down);
         assert!(!r.serving);
         assert_eq!(r.reason.as_deref(), Some("HearNobody"));
         assert_eq!(

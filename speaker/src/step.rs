@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!   Inputs { synced, can_answer, world (speakers = alive view), alive, not_serving, peers,
-//!            alive_changed, rejoined_after_isolation }  + now
+//!            scope, alive_changed, rejoined_after_isolation }  + now
 //!        │
 //!        ▼  Decider::step
 //!   Actions { ready, announce (new IP → interfaces), takeover, announce_again,
@@ -16,6 +16,10 @@
 //! - **warm-up**: nothing is decided until one heartbeat timeout plus an interval after
 //!   the caches first synced, so a starting speaker has heard every live peer before it
 //!   elects (acting on a partial view would elect itself for a peer's IPs).
+//! - **scope** ([`Scope`]): we hear only our group (docs/failover.md#who-heartbeats-whom),
+//!   so the alive view, and the table, are right only for IPs whose candidates are all in
+//!   it; we only ever win IPs we are a candidate for, and those are. A peer that enters the
+//!   scope is waited for as at start: for a warm-up we gain no IP and do not count it out.
 //! - **election**: [`core::desired`] on the world, whose speakers are the alive view; the
 //!   liveness detector already applies the cut-off rules (a speaker that hears no member,
 //!   or that no serving member hears, is not in its own view), the hold-down (a node that
@@ -25,7 +29,9 @@
 //! - **announce again** (gratuitous ARP / unsolicited NA for everything we hold) when a
 //!   peer came back or we rejoined after isolation: while apart, clients may have learned
 //!   another MAC for IPs we keep.
-//! - **report** this node's NodeAnnouncement when it changed ([`status::report`]).
+//! - **report** this node's NodeAnnouncement when it changed ([`status::report`]): peers
+//!   of our scope we do not count as serving (never one outside it), and, from the
+//!   lowest-named serving speaker of our view, the Services nobody announces that we judge.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -35,6 +41,7 @@ use ferrolb_crds::NodeAnnouncementSpec;
 
 use crate::core::{self, Table, World};
 use crate::liveness::{AliveView, NotServing, PeerAddr};
+use crate::scope::Scope;
 use crate::status;
 
 /// What the loop knows at one moment.
@@ -50,8 +57,10 @@ pub struct Inputs<'a> {
     pub alive: &'a AliveView,
     /// Why we do not serve, if we do not.
     pub not_serving: Option<NotServing>,
-    /// Known peers (from their Leases): incarnation and freshness.
+    /// Known peers (every speaker Lease but ours): incarnation and freshness.
     pub peers: &'a BTreeMap<String, PeerAddr>,
+    /// Whom we heartbeat, and which IPs our table judges ([`Scope::of`] the world).
+    pub scope: &'a Scope,
     /// The alive view changed since the last step.
     pub alive_changed: bool,
     /// The detector saw us rejoin after being cut off.
@@ -93,6 +102,10 @@ pub struct Decider {
     announced: BTreeMap<IpAddr, BTreeSet<String>>,
     last_alive: BTreeSet<String>,
     reported: Option<NodeAnnouncementSpec>,
+    /// The known peers outside our scope at the last decision.
+    outside: BTreeSet<String>,
+    /// Known peers that entered our scope since, until when they are new to us.
+    joined: BTreeMap<String, Instant>,
 }
 
 impl Decider {
@@ -107,6 +120,8 @@ impl Decider {
             announced: BTreeMap::new(),
             last_alive: BTreeSet::new(),
             reported: None,
+            outside: BTreeSet::new(),
+            joined: BTreeMap::new(),
         }
     }
 
@@ -137,14 +152,33 @@ impl Decider {
             out.wake_at = Some(warm);
             return out;
         }
+        // A known peer that enters our scope (a label or an advertisement changed) is new
+        // to us as every peer is at start: for a warm-up we take no IP (it may rank first
+        // for one and be heard a moment later) and do not count it out. (A new speaker is
+        // warming up itself; with an advertisement of every node, nobody is ever outside.)
+        let (inside, outside): (Vec<&String>, Vec<&String>) =
+            i.peers.keys().partition(|n| i.scope.contains(n));
+        for n in inside.iter().filter(|n| self.outside.contains(**n)) {
+            self.joined.insert((*n).clone(), now + self.warmup);
+        }
+        self.joined
+            .retain(|n, until| *until > now && i.scope.contains(n));
+        self.outside = outside.into_iter().cloned().collect();
+        out.wake_at = self.joined.values().min().copied();
+
         let alive: BTreeSet<String> = i.alive.keys().cloned().collect();
-        let came_back = alive.iter().any(|n| !self.last_alive.contains(n));
+        let came_back = alive
+            .iter()
+            .any(|n| !self.last_alive.contains(n) && !self.joined.contains_key(n));
         let rejoined = i.rejoined_after_isolation || (came_back && !self.last_alive.is_empty());
         let departed: BTreeSet<String> = self.last_alive.difference(&alive).cloned().collect();
         self.last_alive = alive;
 
         let table = core::desired(world);
-        let local = core::local_announcements(&table, &self.me);
+        let mut local = core::local_announcements(&table, &self.me);
+        if !self.joined.is_empty() {
+            local.retain(|ip, _| self.announced.contains_key(ip));
+        }
         if local != self.announced {
             out.gained = local
                 .keys()
@@ -164,20 +198,36 @@ impl Decider {
         }
         out.announce_again = rejoined && !self.announced.is_empty();
 
-        // The lowest-named serving speaker also reports the Services nobody announces.
-        let housekeeper = i.alive.keys().next() == Some(&self.me);
-        // Known speakers (fresh Leases) we do not count as serving: the controller reads
-        // this to discount a crashed node's stale report of what it announced.
+        // The lowest-named serving speaker of our view also reports the Services nobody
+        // announces, those whose IPs it judges. A speaker no advertisement selects hears
+        // nobody: it keeps house only when nobody at all is selected (then the lowest-named
+        // speaker with a fresh Lease does, so that someone says why nothing is announced).
+        let housekeeper = if i.scope.is_empty() {
+            i.alive.contains_key(&self.me)
+                && i.scope.nobody_selected()
+                && i.peers.iter().all(|(n, p)| !p.fresh || *n > self.me)
+        } else {
+            i.alive.keys().next() == Some(&self.me)
+        };
+        let judge = |ip: IpAddr, d: &core::Decision| i.scope.judges_decision(world, ip, d);
+        // Known speakers (fresh Leases) in our scope that we do not count as serving: the
+        // controller reads this to discount a crashed node's stale report of what it
+        // announced. One outside our scope we do not hear, and must never count out.
         let down: BTreeMap<String, u64> = i
             .peers
             .iter()
-            .filter(|(node, p)| p.fresh && !i.alive.contains_key(*node))
+            .filter(|(node, p)| {
+                p.fresh
+                    && i.scope.contains(node)
+                    && !self.joined.contains_key(*node)
+                    && !i.alive.contains_key(*node)
+            })
             .filter_map(|(node, p)| Some((node.clone(), p.incarnation?)))
             .collect();
         let report = status::report(
             &table,
             &self.me,
-            housekeeper,
+            housekeeper.then_some(&judge as status::Judge<'_>),
             self.incarnation,
             i.not_serving,
             &down,

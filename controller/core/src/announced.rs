@@ -41,6 +41,10 @@ pub struct SpeakerLease {
 pub const SPLIT: &str = "SplitAnnouncement";
 /// Reason when no serving speaker reports at all.
 pub const NO_SPEAKER: &str = "NoLiveSpeaker";
+/// Reason when speakers serve but none reports a Service that was announced: every node
+/// that may announce it is down or cut off, and the speakers that serve do not heartbeat
+/// them, so they cannot judge it (docs/failover.md#who-heartbeats-whom).
+pub const NOT_REPORTED: &str = "NotReported";
 
 /// What the condition of one Service should say.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -285,6 +289,8 @@ type Content = Option<(String, String, String)>;
 pub struct Planner {
     written: HashMap<ServiceKey, (Option<String>, Content)>,
     split_since: HashMap<ServiceKey, Instant>,
+    /// Since when an announced Service has been mentioned by no counted report.
+    unreported_since: HashMap<ServiceKey, Instant>,
 }
 
 impl Planner {
@@ -301,6 +307,7 @@ impl Planner {
     ) -> Vec<Write> {
         let mut out = Vec::new();
         let mut split_seen = HashSet::new();
+        let mut unreported_seen = HashSet::new();
         for svc in services {
             let key = service::key_of(svc);
             let old = svc
@@ -314,7 +321,21 @@ impl Planner {
                 || crate::external::observed(svc)
                     .is_some_and(|c| matches!(c.reason.as_str(), "Accepted" | "PartiallyAccepted"));
             let new = if has_ips {
-                let verdict = fold.verdict(&key.to_string());
+                let mut verdict = fold.verdict(&key.to_string());
+                // Announced, and now no counted report mentions it while speakers serve:
+                // its announcer's report stopped counting (a stale Lease) and no serving
+                // speaker judges it. After the grace (a handover shows the same for a
+                // moment, between the two speakers' writes), say so.
+                if verdict == Verdict::Unknown
+                    && fold.any_serving()
+                    && old.is_some_and(|c| c.status == "True")
+                {
+                    unreported_seen.insert(key.clone());
+                    let since = *self.unreported_since.entry(key.clone()).or_insert(clock);
+                    if clock.saturating_duration_since(since) >= SPLIT_GRACE {
+                        verdict = not_reported();
+                    }
+                }
                 if matches!(&verdict, Verdict::Set { reason, .. } if reason == SPLIT) {
                     split_seen.insert(key.clone());
                     let since = *self.split_since.entry(key.clone()).or_insert(clock);
@@ -355,12 +376,26 @@ impl Planner {
             });
         }
         self.split_since.retain(|k, _| split_seen.contains(k));
+        self.unreported_since
+            .retain(|k, _| unreported_seen.contains(k));
         out
     }
 
     /// The write for `key` did not land: decide it again next time.
     pub fn failed(&mut self, key: &ServiceKey) {
         self.written.remove(key);
+    }
+}
+
+/// The verdict on an announced Service no serving speaker reports any more.
+fn not_reported() -> Verdict {
+    Verdict::Set {
+        status: false,
+        reason: NOT_REPORTED.into(),
+        message: "no serving speaker reports it: every node that may announce it is down \
+                  or cut off (the speakers that serve do not hear those nodes)"
+            .into(),
+        holder: None,
     }
 }
 

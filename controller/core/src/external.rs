@@ -363,7 +363,7 @@ mod tests {
         let wake = ext.track(&key(&lister), Some(&lister), Some(&plain));
         assert_eq!(wake, BTreeSet::from([key(&lister)]));
         assert_eq!(ext.condition(&plain, now), None);
-        assert!(ext.by_ip.get(&"203.0.113.5".parse().unwrap()).is_none());
+        assert!(!ext.by_ip.contains_key(&"203.0.113.5".parse().unwrap()));
     }
 
     #[test]

@@ -1,10 +1,15 @@
 use super::*;
 use crate::core::{Advertisement, Node, Pool, Service, Speaker};
 use crate::liveness::{Config, Detector, Heartbeat, Live, Member};
+use crate::scope::Heartbeats;
 use ferrolb_crds::addresses::PoolAddresses;
+use ferrolb_crds::selector::Selector;
 use proptest::prelude::*;
 
 const INTERVAL: Duration = Duration::from_millis(100);
+
+/// All-to-all: every speaker hears every other.
+static EVERYONE: Scope = Scope::everyone();
 
 fn ifaces() -> BTreeSet<String> {
     BTreeSet::from(["eth0".to_string()])
@@ -82,6 +87,7 @@ fn inputs<'a>(
         alive,
         not_serving: None,
         peers,
+        scope: &EVERYONE,
         alive_changed: false,
         rejoined_after_isolation: false,
     }
@@ -229,9 +235,15 @@ struct Phase {
 struct Sim {
     names: Vec<String>,
     base: World,
+    /// The Services' IPs.
+    ips: Vec<IpAddr>,
     incarnation: Vec<u64>,
     det: Vec<Detector>,
     dec: Vec<Decider>,
+    /// Each node's scope (of `base`) and whom it heartbeats (the glue's, scope.rs).
+    scopes: Vec<Scope>,
+    heartbeats: Vec<Heartbeats>,
+    targets: Vec<BTreeSet<String>>,
     seq: u64,
     now: Instant,
     last_alive: Vec<AliveView>,
@@ -240,18 +252,30 @@ struct Sim {
 const SERVICES: usize = 8;
 
 impl Sim {
+    /// `n` nodes, one advertisement of every node: all-to-all.
     fn new(n: usize, t0: Instant) -> Sim {
         let names: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
+        let base = base(&names, SERVICES);
+        Sim::with_world(names, base, (0..SERVICES).map(ip).collect(), t0)
+    }
+
+    fn with_world(names: Vec<String>, base: World, ips: Vec<IpAddr>, t0: Instant) -> Sim {
+        let n = names.len();
         let mut s = Sim {
-            base: base(&names, SERVICES),
+            base,
+            ips,
             incarnation: (0..n as u64).map(|i| 1000 + i).collect(),
             det: Vec::new(),
             dec: Vec::new(),
+            scopes: Vec::new(),
+            heartbeats: (0..n).map(|_| Heartbeats::default()).collect(),
+            targets: vec![BTreeSet::new(); n],
             seq: 0,
             now: t0,
             last_alive: vec![AliveView::new(); n],
             names,
         };
+        s.scopes = s.names.iter().map(|me| Scope::of(&s.base, me)).collect();
         for i in 0..n {
             let (d, c) = s.fresh_node(i);
             s.det.push(d);
@@ -272,25 +296,48 @@ impl Sim {
         )
     }
 
-    /// Every Lease fresh, with the current incarnations.
+    /// Every other speaker's Lease, fresh, with its current incarnation.
+    fn peers_of(&self, i: usize) -> BTreeMap<String, PeerAddr> {
+        (0..self.names.len())
+            .filter(|&j| j != i)
+            .map(|j| (self.names[j].clone(), peer(self.incarnation[j])))
+            .collect()
+    }
+
+    /// Every detector's members: the Leases in its scope (as the glue sends them).
     fn members(&mut self) {
-        let all: BTreeMap<String, Member> = self
+        for i in 0..self.names.len() {
+            let known = self.peers_of(i);
+            let to = self.heartbeats[i].peers(&known, &self.scopes[i], self.now);
+            self.targets[i] = to.keys().cloned().collect();
+            let members: BTreeMap<String, Member> = to
+                .into_iter()
+                .map(|(n, p)| {
+                    let m = Member {
+                        incarnation: p.incarnation,
+                        fresh: p.fresh,
+                    };
+                    (n, m)
+                })
+                .collect();
+            self.det[i].set_members(members, self.now);
+        }
+    }
+
+    /// Node `i` now carries `labels`: every speaker sees the change at once, and decides
+    /// on it before any heartbeat to or from a peer it starts to hear arrives.
+    fn relabel(&mut self, i: usize, labels: BTreeMap<String, String>, p: &Phase) {
+        let mut node = self.base.nodes[&self.names[i]].clone();
+        node.labels = labels;
+        self.base.apply_node(node);
+        self.scopes = self
             .names
             .iter()
-            .zip(&self.incarnation)
-            .map(|(n, inc)| {
-                (
-                    n.clone(),
-                    Member {
-                        incarnation: Some(*inc),
-                        fresh: true,
-                    },
-                )
-            })
+            .map(|me| Scope::of(&self.base, me))
             .collect();
-        for d in &mut self.det {
-            d.set_members(all.clone(), self.now);
-        }
+        self.members();
+        self.now += Duration::from_millis(1);
+        self.decide(p);
     }
 
     fn restart(&mut self, i: usize) {
@@ -299,6 +346,7 @@ impl Sim {
         self.det[i] = d;
         self.dec[i] = c;
         self.last_alive[i] = AliveView::new();
+        self.heartbeats[i] = Heartbeats::default();
         self.members();
     }
 
@@ -327,22 +375,27 @@ impl Sim {
         for (i, b) in beats.iter().enumerate() {
             let Some(b) = b else { continue };
             for j in 0..n {
-                if i != j && !p.down[j] && p.reach[i][j] {
+                let sent = self.targets[i].contains(&self.names[j]);
+                if i != j && sent && !p.down[j] && p.reach[i][j] {
                     self.det[j].observe(b, now);
                 }
             }
         }
-        for i in 0..n {
+        self.decide(p);
+    }
+
+    /// Every up node decides at `now` on what its detector says (the glue steps on every
+    /// event, a configuration change included, not only after heartbeats).
+    fn decide(&mut self, p: &Phase) {
+        let now = self.now;
+        for i in 0..self.names.len() {
             if p.down[i] {
                 continue;
             }
             self.det[i].tick(now);
             let view = self.det[i].alive(now);
             let world = with_speakers(&self.base, &view);
-            let peers: BTreeMap<String, PeerAddr> = (0..n)
-                .filter(|&j| j != i)
-                .map(|j| (self.names[j].clone(), peer(self.incarnation[j])))
-                .collect();
+            let peers = self.peers_of(i);
             let i_in = Inputs {
                 synced: true,
                 can_answer: true,
@@ -350,6 +403,7 @@ impl Sim {
                 alive: &view,
                 not_serving: self.det[i].not_serving(now),
                 peers: &peers,
+                scope: &self.scopes[i],
                 alive_changed: view != self.last_alive[i],
                 rejoined_after_isolation: false,
             };
@@ -358,12 +412,32 @@ impl Sim {
         }
     }
 
+    /// `p` with the lowest-named node of every group of speakers that hear each other
+    /// (scope.rs) kept healthy: a hub per group, as node 0 is the hub of all-to-all.
+    fn with_hubs(&self, p: &Phase) -> Phase {
+        let mut p = p.clone();
+        let n = self.names.len();
+        for (i, s) in self.scopes.iter().enumerate() {
+            let hub = (0..n).find(|&j| s.contains(&self.names[j]));
+            if hub == Some(i) && !s.is_empty() {
+                p.down[i] = false;
+                p.restart[i] = false;
+                for j in 0..n {
+                    p.reach[i][j] = i != j;
+                    p.reach[j][i] = i != j;
+                }
+            }
+        }
+        p
+    }
+
     /// For each IP, the nodes up and answering for it.
     fn answerers(&self, p: &Phase) -> Vec<Vec<usize>> {
-        (0..SERVICES)
-            .map(|k| {
+        self.ips
+            .iter()
+            .map(|a| {
                 (0..self.names.len())
-                    .filter(|&i| !p.down[i] && self.dec[i].announced().contains_key(&ip(k)))
+                    .filter(|&i| !p.down[i] && self.dec[i].announced().contains_key(a))
                     .collect()
             })
             .collect()
@@ -471,4 +545,342 @@ proptest! {
             }
         }
     }
+}
+
+// ── the same, with advertisements that split the nodes into groups ───────────────────
+
+/// Pools of the partitioned clusters: one per group, the Services' IPs spread over them.
+const GROUP_POOLS: [&str; 3] = ["203.0.113.0/28", "203.0.113.16/28", "203.0.113.32/28"];
+
+fn group_ip(k: usize) -> IpAddr {
+    IpAddr::from([203, 0, 113, 2 + 6 * k as u8])
+}
+
+/// The labels of a node in the groups of `mask` (bit g: `group-g=true`).
+fn group_labels(mask: u8) -> BTreeMap<String, String> {
+    (0..3)
+        .filter(|g| mask & (1 << g) != 0)
+        .map(|g| (format!("group-{g}"), "true".to_string()))
+        .collect()
+}
+
+/// Nodes in the groups of their masks; pool g advertised from group g, and from group h
+/// too for each `(g, h)` of `shared` (pools several groups announce); 8 Services of one IP
+/// and one of two IPs in two pools (elected among the nodes of both).
+fn partitioned(masks: &[u8], shared: &[(usize, usize)]) -> (Vec<String>, World, Vec<IpAddr>) {
+    let names: Vec<String> = (0..masks.len()).map(|i| format!("n{i}")).collect();
+    let mut w = World::default();
+    for (n, m) in names.iter().zip(masks) {
+        w.apply_node(Node {
+            name: n.clone(),
+            labels: group_labels(*m),
+            ..Default::default()
+        });
+    }
+    for (g, addrs) in GROUP_POOLS.iter().enumerate() {
+        w.apply_pool(Pool {
+            name: format!("p{g}"),
+            labels: BTreeMap::new(),
+            addresses: PoolAddresses::parse(&[addrs.to_string()]).unwrap(),
+        });
+    }
+    let mut advs: Vec<(usize, usize)> = (0..3).map(|g| (g, g)).collect();
+    advs.extend(shared);
+    for (k, (pool, group)) in advs.into_iter().enumerate() {
+        let key = format!("group-{group}");
+        w.apply_advertisement(Advertisement {
+            name: format!("a{k}"),
+            pools: crate::core::PoolSelection {
+                names: BTreeSet::from([format!("p{pool}")]),
+                selectors: Vec::new(),
+            },
+            node_selectors: vec![Selector::from_labels([(key.as_str(), "true")])],
+            ..Default::default()
+        });
+    }
+    let mut ips: Vec<IpAddr> = (0..SERVICES).map(group_ip).collect();
+    for (k, a) in ips.iter().enumerate() {
+        w.apply_service(Service {
+            key: format!("ns/s{k}"),
+            ips: vec![*a],
+            has_serving_endpoints: true,
+            ..Default::default()
+        });
+    }
+    let pair = [
+        IpAddr::from([203, 0, 113, 5]),
+        IpAddr::from([203, 0, 113, 37]),
+    ];
+    w.apply_service(Service {
+        key: "ns/pair".into(),
+        ips: pair.to_vec(),
+        has_serving_endpoints: true,
+        ..Default::default()
+    });
+    ips.extend(pair);
+    (names, w, ips)
+}
+
+/// The candidates of each IP, by the election itself: the nodes that win it alone.
+fn candidates(w: &World, ips: &[IpAddr]) -> Vec<BTreeSet<String>> {
+    let mut out = vec![BTreeSet::new(); ips.len()];
+    for n in w.nodes.keys() {
+        let alone = with_speakers(w, &alive(&[n.as_str()]));
+        let mine = crate::core::local_announcements(&crate::core::desired(&alone), n);
+        for (k, a) in ips.iter().enumerate() {
+            if mine.contains_key(a) {
+                out[k].insert(n.clone());
+            }
+        }
+    }
+    out
+}
+
+/// A node moved to the groups of a mask.
+type Relabel = Option<(usize, u8)>;
+
+/// Group masks of the nodes, shared pools, and phases.
+type Partitioned = (Vec<u8>, Vec<(usize, usize)>, Vec<(Phase, Relabel)>);
+
+/// Nodes in random groups, and phases: faults as [`arb_phase`], and maybe a node moved to
+/// other groups.
+fn arb_partitioned() -> impl Strategy<Value = Partitioned> {
+    (4usize..7).prop_flat_map(|n| {
+        (
+            proptest::collection::vec(0u8..8, n),
+            proptest::collection::vec((0usize..3, 0usize..3), 0..3),
+            proptest::collection::vec(
+                (
+                    // Half the phases are calm (no fault): a move is checked every round.
+                    prop_oneof![
+                        arb_phase(n),
+                        Just(Phase {
+                            reach: full(n),
+                            down: vec![false; n],
+                            restart: vec![false; n],
+                        })
+                    ],
+                    proptest::option::weighted(0.4, (1..n, 0u8..8)),
+                ),
+                1..4,
+            ),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// With advertisements that split the nodes into groups (some pools announced by
+    /// several groups, some nodes in several groups, nodes moved between groups), each
+    /// speaker heartbeating only its scope: once each phase has settled, at most one node
+    /// answers for each IP; and after a healthy phase exactly one does for every IP that
+    /// has a candidate. A scope that left out a candidate of one of our IPs would elect
+    /// twice here.
+    #[test]
+    fn prop_one_answerer_per_ip_with_partitioned_advertisements(
+        (masks, shared, phases) in arb_partitioned()
+    ) {
+        let n = masks.len();
+        let t0 = Instant::now();
+        let (names, world, ips) = partitioned(&masks, &shared);
+        let mut sim = Sim::with_world(names, world, ips, t0);
+        let healthy = Phase { reach: full(n), down: vec![false; n], restart: vec![false; n] };
+        let check_all_answered = |sim: &Sim, what: &str| -> Result<(), TestCaseError> {
+            let cands = candidates(&sim.base, &sim.ips);
+            for (k, who) in sim.answerers(&healthy).iter().enumerate() {
+                let want = usize::from(!cands[k].is_empty());
+                prop_assert_eq!(who.len(), want, "{}: IP {} answered by {:?} (candidates {:?})",
+                    what, sim.ips[k], who, cands[k]);
+            }
+            Ok(())
+        };
+        for _ in 0..PHASE_ROUNDS {
+            sim.round(&healthy);
+        }
+        check_all_answered(&sim, "start")?;
+        let mut all = phases.clone();
+        all.push((healthy.clone(), None));
+        for (k, (p, relabel)) in all.iter().enumerate() {
+            // Without a fault, a node moving between groups never makes two answerers,
+            // not even for a moment (it waits for the peers it starts to hear).
+            let calm = p.reach == full(n) && !p.down.iter().any(|d| *d) && !p.restart.iter().any(|r| *r);
+            if let Some((node, mask)) = relabel {
+                let p = sim.with_hubs(p);
+                sim.relabel(*node, group_labels(*mask), &p);
+                if calm {
+                    for (ipk, who) in sim.answerers(&p).iter().enumerate() {
+                        prop_assert!(who.len() <= 1, "phase {}: IP {} answered by {:?} right after {:?}",
+                            k, sim.ips[ipk], who, relabel);
+                    }
+                }
+            }
+            let p = &sim.with_hubs(p);
+            for i in 0..n {
+                if p.restart[i] {
+                    sim.restart(i);
+                }
+            }
+            sim.members();
+            for round in 0..PHASE_ROUNDS {
+                sim.round(p);
+                if calm {
+                    for (ipk, who) in sim.answerers(p).iter().enumerate() {
+                        prop_assert!(who.len() <= 1, "phase {} round {}: IP {} answered by {:?} after {:?}",
+                            k, round, sim.ips[ipk], who, relabel);
+                    }
+                }
+            }
+            for (ipk, who) in sim.answerers(p).iter().enumerate() {
+                prop_assert!(who.len() <= 1, "phase {}: IP {} answered by {:?} in {:?}",
+                    k, sim.ips[ipk], who, p);
+            }
+        }
+        check_all_answered(&sim, "after a healthy phase")?;
+    }
+}
+
+// ── a partial view: scope, counting out, housekeeping, peers joining ──────────────────
+
+fn fresh_peers(names: &[&str]) -> BTreeMap<String, PeerAddr> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(k, n)| (n.to_string(), peer(10 + k as u64)))
+        .collect()
+}
+
+fn reported(r: &NodeAnnouncementSpec) -> Vec<&str> {
+    r.services.iter().map(|s| s.service.as_str()).collect()
+}
+
+/// n0, n1 in group 0 (pool p0), n2, n3 in group 1 (p1), nobody in group 2 (p2), n4 in none.
+#[test]
+fn a_speaker_counts_out_and_judges_only_its_group() {
+    let (_, w, _) = partitioned(&[1, 1, 2, 2, 0], &[]);
+    let peers = fresh_peers(&["n1", "n2", "n3", "n4"]);
+    let scope = Scope::of(&w, "n0");
+    let t0 = Instant::now();
+    let mut d = Decider::new("n0", 1, Duration::ZERO);
+    let view = alive(&["n0", "n1"]);
+    let world = with_speakers(&w, &view);
+    let mut i = inputs(Some(&world), &view, &peers);
+    i.scope = &scope;
+    let r = d.step(&i, t0).report.unwrap();
+    assert!(r.down.is_empty(), "n2, n3, n4 are not ours to count out");
+    let services = reported(&r);
+    // p1's IPs: n0 does not hear n2 and n3, its table says nobody: not reported.
+    assert!(!services.contains(&"ns/s3") && !services.contains(&"ns/s4"));
+    // p2 (no node selected) and the pair (no node in groups 0 and 2): judged, reported.
+    for s in ["ns/s5", "ns/s6", "ns/s7", "ns/pair"] {
+        assert!(services.contains(&s), "{s}: {services:?}");
+    }
+    // n1 dies: counted out, and its IPs taken.
+    let only = alive(&["n0"]);
+    let world = with_speakers(&w, &only);
+    let mut i = inputs(Some(&world), &only, &peers);
+    i.scope = &scope;
+    i.alive_changed = true;
+    let acts = d.step(&i, t0 + Duration::from_secs(1));
+    let down: Vec<&str> = acts
+        .report
+        .as_ref()
+        .unwrap()
+        .down
+        .iter()
+        .map(|p| p.node.as_str())
+        .collect();
+    assert_eq!(down, ["n1"]);
+    assert_eq!(d.announced().len(), 3, "all of p0");
+}
+
+#[test]
+fn a_speaker_no_advertisement_selects_serves_quietly_and_keeps_no_house() {
+    let (_, w, _) = partitioned(&[1, 1, 2, 2, 0], &[]);
+    let peers = fresh_peers(&["n0", "n1", "n2", "n3"]);
+    let scope = Scope::of(&w, "n4");
+    assert!(scope.is_empty());
+    let mut d = Decider::new("n4", 1, Duration::ZERO);
+    // No member: its detector serves alone.
+    let view = alive(&["n4"]);
+    let world = with_speakers(&w, &view);
+    let mut i = inputs(Some(&world), &view, &peers);
+    i.scope = &scope;
+    let acts = d.step(&i, Instant::now());
+    assert_eq!(acts.announce, None, "nothing to announce");
+    let r = acts.report.unwrap();
+    assert!(r.serving && r.reason.is_none());
+    assert!(r.down.is_empty() && r.services.is_empty(), "{r:?}");
+}
+
+#[test]
+fn when_nobody_is_selected_the_lowest_named_speaker_keeps_house() {
+    let names: Vec<String> = ["n0", "n1"].iter().map(|s| s.to_string()).collect();
+    let mut w = base(&names, 2);
+    w.delete_advertisement("all");
+    let t0 = Instant::now();
+    for (me, other, keeps) in [("n0", "n1", true), ("n1", "n0", false)] {
+        let scope = Scope::of(&w, me);
+        assert!(scope.is_empty() && scope.nobody_selected());
+        let peers = fresh_peers(&[other]);
+        let view = alive(&[me]);
+        let world = with_speakers(&w, &view);
+        let mut i = inputs(Some(&world), &view, &peers);
+        i.scope = &scope;
+        let r = Decider::new(me, 1, Duration::ZERO)
+            .step(&i, t0)
+            .report
+            .unwrap();
+        assert_eq!(!r.services.is_empty(), keeps, "{me}: {r:?}");
+        if keeps {
+            let ip = &r.services[0].ips[0];
+            assert_eq!(ip.reason.as_deref(), Some("NoAdvertisement"));
+        }
+    }
+}
+
+/// A peer that enters our scope is new to us: for a warm-up we take no IP (it may rank
+/// first and be heard a moment later), do not count it out, and hearing it is no return.
+#[test]
+fn a_peer_that_joins_our_scope_is_waited_for_like_at_start() {
+    let warmup = Duration::from_millis(450);
+    let (_, mut w, _) = partitioned(&[1, 1, 2, 2], &[]);
+    let peers = fresh_peers(&["n0", "n2", "n3"]);
+    let t0 = Instant::now();
+    let mut d = Decider::new("n1", 1, warmup);
+    let step = |d: &mut Decider, w: &World, view: &AliveView, changed: bool, at: Instant| {
+        let scope = Scope::of(w, "n1");
+        let world = with_speakers(w, view);
+        let mut i = inputs(Some(&world), view, &peers);
+        i.scope = &scope;
+        i.alive_changed = changed;
+        d.step(&i, at)
+    };
+    let both = alive(&["n0", "n1"]);
+    step(&mut d, &w, &both, false, t0);
+    step(&mut d, &w, &both, false, t0 + warmup);
+    let first = d.announced().clone();
+    assert!(first.len() < 3, "n1 shares p0 with n0: {first:?}");
+    // n2 joins group 0 as n0 dies: n1 waits for n2 before taking n0's IPs.
+    let mut n2 = w.nodes["n2"].clone();
+    n2.labels = group_labels(1);
+    w.apply_node(n2);
+    let t1 = t0 + Duration::from_secs(2);
+    let only = alive(&["n1"]);
+    let acts = step(&mut d, &w, &only, true, t1);
+    assert_eq!(d.announced(), &first, "no gain while n2 is new");
+    assert_eq!(acts.wake_at, Some(t1 + warmup));
+    let report = acts.report.unwrap();
+    let down: Vec<&str> = report.down.iter().map(|p| p.node.as_str()).collect();
+    assert_eq!(down, ["n0"], "n2 is not counted out yet");
+    // n2 is heard: no "peer came back".
+    let with_n2 = alive(&["n1", "n2"]);
+    let acts = step(&mut d, &w, &with_n2, true, t1 + Duration::from_millis(100));
+    assert!(!acts.announce_again);
+    assert_eq!(d.announced(), &first);
+    // After the warm-up, n1 holds what the election gives it beside n2.
+    step(&mut d, &w, &with_n2, false, t1 + warmup);
+    let want =
+        crate::core::local_announcements(&crate::core::desired(&with_speakers(&w, &with_n2)), "n1");
+    assert_eq!(d.announced(), &want);
 }

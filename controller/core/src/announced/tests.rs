@@ -549,3 +549,58 @@ fn a_service_with_accepted_external_ips_gets_the_condition_too() {
         .is_empty()
     );
 }
+
+/// Speakers heartbeat only their group (docs/failover.md#who-heartbeats-whom): when every
+/// node that may announce a Service is down, the speakers that serve do not report it.
+/// Once the announcer's report stops counting, the condition says so after the grace,
+/// instead of naming a dead announcer forever; a Service never reported stays untouched.
+#[test]
+fn an_announced_service_no_serving_speaker_reports_turns_false_after_the_grace() {
+    let t = Timestamp::from_second(100).unwrap();
+    let c0 = Instant::now();
+    let claimed = reports(vec![
+        (
+            "n1",
+            report("1", true, vec![web(vec![ip(IP4, Some("n1"))])]),
+        ),
+        ("n9", report("9", true, vec![])),
+    ]);
+    let leases = fresh(&[("n1", "1"), ("n9", "9")]);
+    let mut p = Planner::default();
+    let mut web_svc = svc("web", &[IP4], "5");
+    let ws = p.plan(&Fold::new(&claimed, &leases), [&web_svc], "x", t, c0);
+    assert_eq!(ws[0].conditions[0].status, "True");
+    web_svc.status.as_mut().unwrap().conditions = Some(ws[0].conditions.clone());
+    web_svc.metadata.resource_version = Some("6".into());
+    // n1's Lease goes stale; n9 serves in another group and does not mention web.
+    let mut stale = leases.clone();
+    stale.get_mut("n1").unwrap().fresh = false;
+    let f = Fold::new(&claimed, &stale);
+    assert_eq!(f.verdict("ns/web"), Verdict::Unknown);
+    assert!(p.plan(&f, [&web_svc], "x", t, c0).is_empty());
+    let ws = p.plan(&f, [&web_svc], "x", t, c0 + SPLIT_GRACE);
+    assert_eq!(ws.len(), 1);
+    let c = &ws[0].conditions[0];
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", NOT_REPORTED)
+    );
+    // Reported again (n1 restarted): announced again.
+    let ws = p.plan(
+        &Fold::new(&claimed, &leases),
+        [&web_svc],
+        "x",
+        t,
+        c0 + SPLIT_GRACE * 2,
+    );
+    assert!(
+        ws.is_empty(),
+        "the condition still says True on this version"
+    );
+    // A Service never reported (no condition yet) is left alone.
+    let new_svc = svc("new", &[IP4], "7");
+    assert!(
+        p.plan(&f, [&new_svc], "x", t, c0 + SPLIT_GRACE * 3)
+            .is_empty()
+    );
+}

@@ -108,8 +108,9 @@ impl Reference {
     }
 
     /// Sets the members (node → what its Lease publishes) from the API at `now`.
-    /// A member whose Lease went away stays while it is alive; others are forgotten,
-    /// keeping their replay floor so old heartbeats cannot revive them.
+    /// A member whose Lease went away while fresh stays while it is alive; others (a
+    /// stale one: the glue marks a peer that left its heartbeat scope stale before it drops
+    /// it) are forgotten, keeping their replay floor so old heartbeats cannot revive them.
     pub fn set_members(&mut self, known: BTreeMap<String, Member>, now: Instant) {
         let next: BTreeMap<String, Member> = known
             .into_iter()
@@ -120,7 +121,7 @@ impl Reference {
             .members
             .iter()
             .chain(&self.retained)
-            .filter(|(name, _)| !next.contains_key(*name))
+            .filter(|(name, m)| m.fresh && !next.contains_key(*name))
             .filter(|(name, _)| self.news(name, now).is_some_and(|n| n.fresh))
             .map(|(name, m)| (name.clone(), *m))
             .collect();

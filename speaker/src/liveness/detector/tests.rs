@@ -359,6 +359,33 @@ fn deleted_leases_do_not_make_anyone_alone() {
     );
 }
 
+/// A peer that left our heartbeat scope is first marked stale (scope.rs), then dropped: it
+/// is forgotten at once, though it still beats (it may still be sending to us during its
+/// own grace). Retaining it would keep two such peers beating each other forever.
+#[test]
+fn a_member_dropped_while_stale_is_not_retained() {
+    let t0 = Instant::now();
+    let mut d = detector("self", &["a", "b"], t0);
+    d.observe(&hb("a", 1, true, &["b", "self"]), t0);
+    d.observe(&hb("b", 1, true, &["a", "self"]), t0);
+    d.tick(t0);
+    let mut stale_b = members(&["a", "b"]);
+    stale_b.get_mut("b").unwrap().fresh = false;
+    d.set_members(stale_b, t0 + ms(10));
+    assert_eq!(
+        names(&d.alive(t0 + ms(10))),
+        ["a", "b", "self"],
+        "still heard"
+    );
+    d.set_members(members(&["a"]), t0 + ms(20));
+    assert_eq!(d.retained().count(), 0);
+    assert_eq!(names(&d.alive(t0 + ms(20))), ["a", "self"]);
+    assert_eq!(
+        d.observe(&hb("b", 2, true, &["a", "self"]), t0 + ms(30)),
+        Observed::UnknownNode
+    );
+}
+
 #[test]
 fn a_deleted_lease_keeps_a_member_we_only_hear_through_a_peer() {
     let t0 = Instant::now();
