@@ -87,6 +87,8 @@ pub async fn run(
     let (ifaces_tx, ifaces_rx) = watch::channel(dataplane::usable(&first));
     let (answer_tx, mut answer_rx) = watch::channel(dataplane::can_answer(&first));
     let mut links_rx = links.subscribe();
+    // The report names the interfaces that answer (narrowed like the data plane's).
+    let mut report_links = links.subscribe();
     let _ifaces = tokio::spawn(async move {
         while links_rx.changed().await.is_ok() {
             let l = links_rx.borrow_and_update().clone();
@@ -188,10 +190,13 @@ pub async fn run(
     let mut wake_at: Option<tokio::time::Instant> = None;
 
     let mut lease_clock = LeaseClock::default();
+    // The decider's last report, before narrowing to the interfaces that answer.
+    let mut last_report: Option<ferrolb_crds::NodeAnnouncementSpec> = None;
     loop {
         let mut alive_changed = false;
         let mut lease_check = false;
         let mut rejoined_after_isolation = false;
+        let mut relink = false;
         tokio::select! {
             Some(change) = changes.next() => {
                 let mut next = Some(change);
@@ -226,6 +231,10 @@ pub async fn run(
                 serving = why;
                 health.set_ready(why.is_none());
                 metrics.set_cut_off(why.is_some_and(|w| w != liveness::NotServing::NotReady));
+            }
+            Ok(()) = report_links.changed() => {
+                report_links.borrow_and_update();
+                relink = true;
             }
             Ok(()) = answer_rx.changed() => {
                 if let Err(why) = &*answer_rx.borrow_and_update() {
@@ -331,7 +340,12 @@ pub async fn run(
             metrics.set_table(table, &me);
         }
         if let Some(report) = acts.report {
-            report_tx.send_replace(report);
+            last_report = Some(report);
+            relink = true;
+        }
+        if relink && let Some(report) = &last_report {
+            let narrowed = status::on_link(report.clone(), &me, &report_links.borrow());
+            report_tx.send_if_modified(|old| std::mem::replace(old, narrowed.clone()) != narrowed);
         }
     }
 

@@ -108,6 +108,29 @@ pub fn report(
     }
 }
 
+/// `report` with the interfaces of the IPs `me` announces narrowed as the data plane
+/// narrows them ([`crate::dataplane::narrow_to_subnets`]: the one allowed interface whose
+/// subnet holds the IP, when exactly one does), so the report names the interfaces that
+/// really answer, not every one the election allowed.
+pub fn on_link(
+    mut report: NodeAnnouncementSpec,
+    me: &str,
+    links: &crate::dataplane::Links,
+) -> NodeAnnouncementSpec {
+    for ip in report.services.iter_mut().flat_map(|s| s.ips.iter_mut()) {
+        let Ok(addr) = ip.ip.parse::<IpAddr>() else {
+            continue;
+        };
+        if ip.node.as_deref() == Some(me) {
+            let allowed = ip.interfaces.iter().cloned().collect();
+            ip.interfaces = crate::dataplane::links::on_link_interfaces(addr, &allowed, links)
+                .into_iter()
+                .collect();
+        }
+    }
+    report
+}
+
 /// The report of a speaker that is shutting down: it announces nothing any more.
 pub fn leaving(incarnation: u64) -> NodeAnnouncementSpec {
     NodeAnnouncementSpec {
@@ -240,6 +263,43 @@ mod tests {
             ..Default::default()
         });
         w
+    }
+
+    #[test]
+    fn the_report_names_the_interface_that_answers() {
+        use crate::dataplane::{LinkInfo, Links};
+        let mut w = world(&["n1"], &["203.0.113.5", "203.0.113.200"], true);
+        w.apply_speaker(core::Speaker {
+            node: "n1".into(),
+            interfaces: BTreeSet::from(["eth0".to_string(), "eth1".to_string()]),
+            settling: false,
+        });
+        let table = core::desired(&w);
+        let r = report(&table, "n1", Some(ALL), 1, None, &Map::new());
+        let link = |index: u32, subnet: &str| LinkInfo {
+            index,
+            mac: crate::wire::MacAddr::new(2, 0, 0, 0, 0, index as u8),
+            up: true,
+            carrier_ups: 0,
+            subnets: BTreeSet::from([subnet.parse().unwrap()]),
+        };
+        let links = Links::from([
+            ("eth0".to_string(), link(2, "203.0.113.0/25")),
+            ("eth1".to_string(), link(3, "2001:db8:1::/64")),
+        ]);
+        let r = on_link(r, "n1", &links);
+        let ifaces: Map<&str, &[String]> = r.services[0]
+            .ips
+            .iter()
+            .map(|i| (i.ip.as_str(), i.interfaces.as_slice()))
+            .collect();
+        // On eth0's subnet: eth0 alone answers. On no subnet: every allowed interface.
+        assert_eq!(ifaces["203.0.113.5"], ["eth0"]);
+        assert_eq!(ifaces["203.0.113.200"], ["eth0", "eth1"]);
+        // Another node's IPs are left as its report says.
+        let theirs = report(&table, "n1", Some(ALL), 1, None, &Map::new());
+        let other = on_link(theirs.clone(), "n2", &links);
+        assert_eq!(other, theirs);
     }
 
     #[test]
