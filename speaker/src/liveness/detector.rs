@@ -977,7 +977,7 @@ impl Detector {
             .and_then(|id| self.slots.get(id))
             .filter(|s| *s.name == *name)
             .and_then(|s| s.relay.as_ref())
-            .filter(|r| direct.as_ref().is_none_or(|d| r.at > d.at));
+            .filter(|r| direct.as_ref().is_none_or(|d| relay_wins(d.at, r.at, timeout, now)));
         let best = match relay {
             Some(r) => {
                 let known = peer
@@ -1128,7 +1128,7 @@ fn merge(
 fn slot_key(slot: &Slot, timeout: Duration, now: Instant) -> ViewKey {
     let d = &slot.direct;
     let (at, serving, settled, via) = match &slot.relay {
-        Some(r) if d.at.is_none_or(|a| r.at > a) => (
+        Some(r) if d.at.is_none_or(|a| relay_wins(a, r.at, timeout, now)) => (
             r.at,
             r.serving,
             r.settled,
@@ -1141,6 +1141,15 @@ fn slot_key(slot: &Slot, timeout: Duration, now: Instant) -> ViewKey {
     };
     let fresh = fresh(at, timeout, now) && d.left_at.is_none_or(|l| at > l);
     (fresh && serving).then_some((settled, via))
+}
+
+/// Whether relayed news of a member (heard by a peer at `relayed`) stands over our own
+/// (its last heartbeat to us, at `direct`): only once ours is stale. While we hear a node
+/// ourselves, no peer's word about it counts, so a lying member cannot relay a live node
+/// we hear as gone or not serving (docs/security.md); a relay only keeps alive a node we
+/// stopped hearing.
+fn relay_wins(direct: Instant, relayed: Instant, timeout: Duration, now: Instant) -> bool {
+    relayed > direct && !fresh(direct, timeout, now)
 }
 
 /// Identifies a relaying peer in a [`ViewKey`] (by the address of its shared name).

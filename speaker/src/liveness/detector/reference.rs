@@ -416,7 +416,11 @@ impl Reference {
                     continue;
                 }
                 let Some(r) = p.relays.get(&id) else { continue };
-                if best.as_ref().is_none_or(|b| r.at > b.at) {
+                // Our own fresh news of the node stands over any relay.
+                let direct_fresh = peer
+                    .and_then(|x| x.last)
+                    .is_some_and(|t| fresh(t, timeout, now));
+                if !direct_fresh && best.as_ref().is_none_or(|b| r.at > b.at) {
                     let known = peer
                         .filter(|x| !x.interfaces.is_empty())
                         .map(|x| &x.interfaces);

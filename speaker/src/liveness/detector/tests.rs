@@ -225,6 +225,47 @@ fn a_peer_we_cannot_hear_stays_alive_while_a_serving_peer_hears_it() {
     assert_eq!(names(&d.alive(t0 + ms(400))), ["c", "self"]);
 }
 
+/// A member that lies (it relays a live node as not serving, with the freshest age) cannot
+/// take that node out of the view of a peer that hears it directly: our own fresh news
+/// stands. Once we stop hearing it, relays count again (a relay keeps alive a node we
+/// cannot hear, and says when it stops serving).
+#[test]
+fn our_own_fresh_news_stands_over_a_relay() {
+    let t0 = Instant::now();
+    let mut d = detector("self", &["a", "m"], t0);
+    d.observe(&hb("a", 1, true, &["m", "self"]), t0);
+    d.observe(&hb("m", 1, true, &["a", "self"]), t0);
+    d.tick(t0);
+    assert_eq!(names(&d.alive(t0)), ["a", "m", "self"]);
+    // m says, fresher than our last heartbeat from a, that a does not serve.
+    let lie = |seq: u64| {
+        Heartbeat::new("m", inc("m"), seq, set(&["eth0"]))
+            .unwrap()
+            .with_state(true, true)
+            .with_heard(vec![Heard {
+                id: node_id("a"),
+                age_ms: 0,
+                serving: false,
+                settled: false,
+            }])
+            .unwrap()
+    };
+    d.observe(&lie(2), t0 + ms(50));
+    d.tick(t0 + ms(50));
+    assert!(
+        d.alive(t0 + ms(50)).contains_key("a"),
+        "we hear a ourselves"
+    );
+    d.observe(&hb("a", 2, true, &["m", "self"]), t0 + ms(100));
+    d.observe(&lie(3), t0 + ms(150));
+    d.tick(t0 + ms(150));
+    assert!(d.alive(t0 + ms(150)).contains_key("a"));
+    // a goes quiet to us (say one-way loss): once our news is stale, m's word counts.
+    d.observe(&lie(4), t0 + ms(400));
+    d.tick(t0 + ms(450));
+    assert!(!d.alive(t0 + ms(450)).contains_key("a"));
+}
+
 #[test]
 fn relays_from_a_peer_that_does_not_serve_are_ignored() {
     let t0 = Instant::now();
