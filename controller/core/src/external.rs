@@ -225,9 +225,7 @@ pub fn event(observed: Option<&Condition>, desired: Option<&Condition>) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{
-        LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus,
-    };
+    use k8s_openapi::api::core::v1::{ServiceSpec, ServiceStatus};
 
     fn svc(ns: &str, name: &str, type_: &str, external: &[&str], ingress: &[&str]) -> Service {
         let mut s = Service::default();
@@ -240,17 +238,7 @@ mod tests {
             ..Default::default()
         });
         s.status = Some(ServiceStatus {
-            load_balancer: Some(LoadBalancerStatus {
-                ingress: Some(
-                    ingress
-                        .iter()
-                        .map(|ip| LoadBalancerIngress {
-                            ip: Some(ip.to_string()),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
-            }),
+            load_balancer: Some(service::lb_status(ingress)),
             conditions: None,
         });
         s

@@ -105,6 +105,26 @@ struct Written {
     external: Option<(String, String, String)>,
 }
 
+impl Written {
+    /// What `svc`'s status shows now.
+    fn observed(svc: &Service) -> Self {
+        Written {
+            resource_version: rv(&svc.metadata),
+            ingress: service::status_ips(svc),
+            condition: our_condition(svc).map(cond_key),
+            external: external::observed(svc).map(cond_key),
+        }
+    }
+}
+
+/// Every condition on `svc`'s status (ours and other writers').
+fn conditions_of(svc: &Service) -> Vec<Condition> {
+    svc.status
+        .as_ref()
+        .and_then(|st| st.conditions.clone())
+        .unwrap_or_default()
+}
+
 /// Which caches have seen their initial list.
 #[derive(Clone, Copy, Debug, Default)]
 struct Synced {
@@ -703,11 +723,7 @@ impl Index {
         let observed_ips = service::status_ips(&svc);
         let observed_cond = our_condition(&svc).cloned();
         let ext = self.external.condition(&svc, now);
-        let old_conds = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.clone())
-            .unwrap_or_default();
+        let old_conds = conditions_of(&svc);
 
         if !service::is_handled(&svc, &self.lb_class) {
             // Ours only if this controller served it until now (it holds its IPs or had it
@@ -879,13 +895,7 @@ impl Index {
     /// Service FerroLB does not load-balance changes.
     fn conditions_update(&mut self, svc: &Service, ext: Option<Condition>) -> Option<Update> {
         let key = service::key_of(svc);
-        let observed_ext = external::observed(svc);
-        let observed = Written {
-            resource_version: rv(&svc.metadata),
-            ingress: service::status_ips(svc),
-            condition: our_condition(svc).map(cond_key),
-            external: observed_ext.map(cond_key),
-        };
+        let observed = Written::observed(svc);
         let desired = Written {
             external: ext.as_ref().map(cond_key),
             ..observed.clone()
@@ -894,18 +904,17 @@ impl Index {
             return None;
         }
         self.written.insert(key.clone(), desired);
-        let events = external::event(observed_ext, ext.as_ref())
+        let events = external::event(external::observed(svc), ext.as_ref())
             .into_iter()
             .collect();
-        let old = svc
-            .status
-            .as_ref()
-            .and_then(|st| st.conditions.clone())
-            .unwrap_or_default();
         Some(Update::ServiceConditions {
             key,
             resource_version: rv(&svc.metadata),
-            conditions: ferrolb_crds::condition::replace(&old, conditions::EXTERNAL_IPS, ext),
+            conditions: ferrolb_crds::condition::replace(
+                &conditions_of(svc),
+                conditions::EXTERNAL_IPS,
+                ext,
+            ),
             uid: svc.metadata.uid.clone(),
             events,
         })
@@ -921,29 +930,19 @@ impl Index {
         mut events: Vec<EventSpec>,
     ) -> Option<Update> {
         let key = service::key_of(svc);
-        let observed_ext = external::observed(svc);
-        let observed = Written {
-            resource_version: rv(&svc.metadata),
-            ingress: service::status_ips(svc),
-            condition: our_condition(svc).map(cond_key),
-            external: observed_ext.map(cond_key),
-        };
+        let observed = Written::observed(svc);
         let desired = Written {
-            resource_version: rv(&svc.metadata),
             ingress: ingress.clone(),
             condition: cond.as_ref().map(cond_key),
             external: ext.as_ref().map(cond_key),
+            ..observed.clone()
         };
         if observed == desired || self.written.get(&key) == Some(&desired) {
             return None;
         }
         self.written.insert(key.clone(), desired);
-        events.extend(external::event(observed_ext, ext.as_ref()));
-        let old = svc
-            .status
-            .as_ref()
-            .and_then(|st| st.conditions.clone())
-            .unwrap_or_default();
+        events.extend(external::event(external::observed(svc), ext.as_ref()));
+        let old = conditions_of(svc);
         Some(Update::Service {
             key,
             resource_version: rv(&svc.metadata),
@@ -1195,9 +1194,7 @@ mod external_tests;
 mod tests {
     use super::*;
     use ferrolb_crds::IPAddressPoolSpec;
-    use k8s_openapi::api::core::v1::{
-        LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus,
-    };
+    use k8s_openapi::api::core::v1::{ServiceSpec, ServiceStatus};
 
     pub(super) fn t(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
@@ -1274,17 +1271,7 @@ mod tests {
         let mut s = svc.clone();
         s.metadata.resource_version = Some(rv.into());
         s.status = Some(ServiceStatus {
-            load_balancer: Some(LoadBalancerStatus {
-                ingress: Some(
-                    ingress
-                        .iter()
-                        .map(|ip| LoadBalancerIngress {
-                            ip: Some(ip.to_string()),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
-            }),
+            load_balancer: Some(service::lb_status(ingress)),
             conditions: condition.clone().map(|c| vec![c]),
         });
         s

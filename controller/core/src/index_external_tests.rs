@@ -4,7 +4,7 @@
 use super::tests::{key, leading, mk_pool, mk_service, t};
 use super::*;
 use ferrolb_crds::PoolExternalIPs;
-use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+use k8s_openapi::api::core::v1::ServiceStatus;
 
 /// Pool `lb` (203.0.113.0/30, ordinary) and pool `ext` (198.51.100.0/28, reserved for the
 /// externalIPs of namespace `ns`).
@@ -25,16 +25,7 @@ fn with_external(mut s: Service, type_: &str, ips: &[&str]) -> Service {
 
 fn with_ingress(mut s: Service, ips: &[&str]) -> Service {
     let st = s.status.get_or_insert_with(ServiceStatus::default);
-    st.load_balancer = Some(LoadBalancerStatus {
-        ingress: Some(
-            ips.iter()
-                .map(|ip| LoadBalancerIngress {
-                    ip: Some(ip.to_string()),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-    });
+    st.load_balancer = Some(service::lb_status(ips));
     s
 }
 

@@ -125,6 +125,24 @@ pub fn status_ips(svc: &Service) -> Vec<IpAddr> {
         .collect()
 }
 
+/// A `status.loadBalancer` showing `ips`, for tests.
+#[cfg(test)]
+pub(crate) fn lb_status<I: ToString>(
+    ips: impl IntoIterator<Item = I>,
+) -> k8s_openapi::api::core::v1::LoadBalancerStatus {
+    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus};
+    LoadBalancerStatus {
+        ingress: Some(
+            ips.into_iter()
+                .map(|ip| LoadBalancerIngress {
+                    ip: Some(ip.to_string()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+    }
+}
+
 /// A MetalLB annotation spelling that was honoured, for the Normal Event that notes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AliasUsed {

@@ -977,7 +977,11 @@ impl Detector {
             .and_then(|id| self.slots.get(id))
             .filter(|s| *s.name == *name)
             .and_then(|s| s.relay.as_ref())
-            .filter(|r| direct.as_ref().is_none_or(|d| relay_wins(d.at, r.at, timeout, now)));
+            .filter(|r| {
+                direct
+                    .as_ref()
+                    .is_none_or(|d| relay_wins(d.at, r.at, timeout, now))
+            });
         let best = match relay {
             Some(r) => {
                 let known = peer
