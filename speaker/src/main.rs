@@ -69,14 +69,30 @@ struct Args {
     /// address, port 7474: the node's address, not every interface of the host).
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Tokio worker threads (the responders and heartbeats have their own threads).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: u16,
     #[command(flatten)]
     log: LogArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init();
+    // Few threads (docs/architecture.md#memory): the ARP/NDP responders and the heartbeats
+    // have threads of their own, and the main loop runs on this thread; the workers only
+    // carry the API connections, the metrics server and small tasks. Tokio's default, one
+    // worker per core, would start dozens on a large node, each with a stack and, with
+    // glibc, an arena of its own that keeps what the big initial lists freed.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.worker_threads.into())
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let key = read_key(&args.liveness_key_file)?;
     let accept_key = match args.liveness_accept_key_file.exists() {
         true => Some(read_key(&args.liveness_accept_key_file)?),

@@ -27,6 +27,15 @@
 //! speakers to the lab's SIGKILL at the end; by default they get a SIGTERM first, so a heap
 //! profiler around them sees them end normally).
 //!
+//! Regression guard (no timing involved: it compares sizes): `MEM_BUDGET_MIB` fails the run
+//! (exit status 1, after the table) when any speaker's VmRSS exceeds it at any phase, and
+//! `MEM_FLAT_MIB` when node1's VmRSS grows by more than that while the Services it does
+//! not announce are added (phase 3 to 4). E.g. `MEM_BUDGET_MIB=23 MEM_FLAT_MIB=2.5`
+//! (docs/architecture.md#memory has the current figures and the goal, 20). The speakers inherit this
+//! program's environment: run it with the `GLIBC_TUNABLES` that deploy/speaker.yaml gives
+//! the speaker (`grep -A1 GLIBC_TUNABLES deploy/speaker.yaml`; the budgets are refused
+//! without it).
+//!
 //! Heap profile (heaptrack, Debian package `heaptrack`): point `FERROLB_BIN_DIR` at a
 //! directory holding `ferrolb-controller` and `ferrolb-testapi` (symlinks) and a
 //! `ferrolb-speaker` script that runs the real binary with heaptrack's preload library
@@ -57,6 +66,30 @@ const LB_V6: usize = 750;
 const NAMESPACES: usize = 50;
 /// Concurrent API writes while filling the cluster.
 const PARALLEL: usize = 16;
+
+/// The speaker DaemonSet, whose allocator settings (`GLIBC_TUNABLES`) the measured
+/// speakers must run with.
+const DAEMONSET: &str = include_str!("../../../../deploy/speaker.yaml");
+
+/// The `GLIBC_TUNABLES` value deploy/speaker.yaml sets (`None`: it sets none).
+fn deployed_tunables() -> Option<&'static str> {
+    let mut lines = DAEMONSET.lines();
+    lines.find(|l| l.trim() == "- name: GLIBC_TUNABLES")?;
+    let v = lines.next()?.trim().strip_prefix("value:")?.trim();
+    Some(v.trim_matches('"'))
+}
+
+/// A budget in MiB from the environment (unset: not checked).
+fn env_mib(name: &str) -> Result<Option<f64>> {
+    match std::env::var(name) {
+        Ok(v) => {
+            Ok(Some(v.trim().parse().with_context(|| {
+                format!("{name}={v}: not a number of MiB")
+            })?))
+        }
+        Err(_) => Ok(None),
+    }
+}
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -150,6 +183,18 @@ fn print_row(r: &Row) {
 }
 
 fn main() -> Result<()> {
+    let budget = env_mib("MEM_BUDGET_MIB")?;
+    let flat = env_mib("MEM_FLAT_MIB")?;
+    let tunables = std::env::var("GLIBC_TUNABLES").ok();
+    let deployed = deployed_tunables();
+    if (budget.is_some() || flat.is_some()) && tunables.as_deref() != deployed {
+        bail!(
+            "the budgets hold for the speaker as deployed: run with GLIBC_TUNABLES={} \
+             (deploy/speaker.yaml), not {}",
+            deployed.unwrap_or("<unset>"),
+            tunables.as_deref().unwrap_or("<unset>")
+        );
+    }
     let total_nodes = env_num("MEM_NODES", 1000) as usize;
     let total_services = env_num("MEM_SERVICES", 5000) as usize;
     let settle = Duration::from_secs(env_num("MEM_SETTLE", 15));
@@ -175,6 +220,11 @@ fn main() -> Result<()> {
         } else {
             "test"
         },
+    );
+    println!(
+        "GLIBC_TUNABLES={} (deploy/speaker.yaml: {})\n",
+        tunables.as_deref().unwrap_or("<unset>"),
+        deployed.unwrap_or("<unset>")
     );
 
     let mut lab = Lab::start(LabConfig {
@@ -294,6 +344,7 @@ fn main() -> Result<()> {
         &format!("{lb} IPs, {total_nodes} Nodes, {total_services} Svcs"),
         settle,
     )?);
+    let services_growth = node1_rss(&rows[3]) - node1_rss(&rows[2]);
 
     let announced = rows
         .last()
@@ -317,6 +368,15 @@ fn main() -> Result<()> {
         "\n  (MiB = 1024 KiB; VmHWM is the peak RSS since the speaker started; anon = RssAnon,"
     );
     println!("   the heap and stacks, the rest of the RSS being the binary's and libc's pages)");
+    println!(
+        "  node1 VmRSS change per phase (MiB): {}",
+        rows.windows(2)
+            .filter(|w| w[1].cells[0].is_some())
+            .map(|w| format!("{:+.1}", node1_rss(&w[1]) - node1_rss(&w[0])))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let failed = check_budgets(&rows, budget, flat, services_growth);
     let hold = env_num("MEM_HOLD", 0);
     if hold > 0 {
         eprintln!(
@@ -329,7 +389,53 @@ fn main() -> Result<()> {
         // Let each speaker end normally (a heap profiler around it writes its last data).
         lab.stop_speakers(&SPEAKERS, Signal::SIGTERM);
     }
+    if failed > 0 {
+        bail!("{failed} memory budget(s) exceeded");
+    }
     Ok(())
+}
+
+/// node1's VmRSS in MiB in a row (0 when it is stopped).
+fn node1_rss(r: &Row) -> f64 {
+    r.cells[0].map_or(0.0, |(m, _)| m.rss_kib as f64 / 1024.0)
+}
+
+/// Prints a verdict for each budget set (`MEM_BUDGET_MIB`: every speaker's VmRSS at every
+/// phase; `MEM_FLAT_MIB`: node1's growth while the Services it does not announce were
+/// added); returns how many were exceeded.
+fn check_budgets(rows: &[Row], budget: Option<f64>, flat: Option<f64>, growth: f64) -> usize {
+    let mut failed = 0;
+    if let Some(max) = budget {
+        for r in rows {
+            for (n, c) in SPEAKERS.iter().zip(&r.cells) {
+                let Some((m, _)) = c else { continue };
+                let rss = m.rss_kib as f64 / 1024.0;
+                if rss > max {
+                    println!(
+                        "  OVER BUDGET: {n} at \"{}\": VmRSS {rss:.1} MiB > MEM_BUDGET_MIB={max}",
+                        r.phase
+                    );
+                    failed += 1;
+                }
+            }
+        }
+        if failed == 0 {
+            println!("  budget: every speaker at every phase within MEM_BUDGET_MIB={max}");
+        }
+    }
+    if let Some(max) = flat {
+        if growth > max {
+            println!(
+                "  NOT FLAT: node1 grew {growth:.1} MiB with the Services it does not announce > MEM_FLAT_MIB={max}"
+            );
+            failed += 1;
+        } else {
+            println!(
+                "  flat: node1 grew {growth:.1} MiB with the Services it does not announce (MEM_FLAT_MIB={max})"
+            );
+        }
+    }
+    failed
 }
 
 /// Creates every object (JSON of kind `K`) with [`PARALLEL`] requests in flight; with
