@@ -31,7 +31,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use pnet_datalink::{DataLinkReceiver, DataLinkSender};
 use serde::Serialize;
 use tracing::{debug, info, trace, warn};
 
@@ -43,7 +42,7 @@ pub use socket::Family;
 use crate::wire::arp::ArpRepr;
 use crate::wire::ndp::{NeighborAdvertRepr, solicited_node_multicast};
 use schedule::AnnounceTimer;
-use socket::Membership;
+use socket::{Membership, ResponderSocket};
 
 /// Whether this node can answer ARP/NDP at all: a responder socket opens on at least one
 /// usable interface (an interface that is up and not excluded; root or CAP_NET_RAW). A
@@ -51,7 +50,7 @@ use socket::Membership;
 pub fn can_answer(links: &Links) -> Result<(), String> {
     let mut errors = Vec::new();
     for (name, link) in links.iter().filter(|(_, l)| l.up) {
-        match socket::open_channel(name, link, Family::V4, Duration::from_millis(10)) {
+        match ResponderSocket::open(name, link, Family::V4, Duration::from_millis(10)) {
             Ok(_) => return Ok(()),
             Err(e) => errors.push(format!("{name}: {e}")),
         }
@@ -72,7 +71,8 @@ pub type Announcements = BTreeMap<IpAddr, BTreeSet<String>>;
 pub struct DataPlaneConfig {
     /// Repeats and optional refresh of gratuitous ARP / unsolicited NA.
     pub schedule: AnnounceSchedule,
-    /// Socket read timeout: bounds how late a stop or a scheduled repeat can be.
+    /// Longest a responder waits for a frame: bounds how late a stop or a scheduled repeat
+    /// can be (a frame wakes it at once).
     pub poll_interval: Duration,
     /// Join the solicited-node group of each announced IPv6 address (needed on real NICs,
     /// which filter multicast).
@@ -214,21 +214,18 @@ struct WorkerShared {
     family: Family,
     link: LinkInfo,
     stop: AtomicBool,
-    tx: Mutex<Box<dyn DataLinkSender>>,
+    /// Read by the worker's thread only; sent on by it and by the handle (announcements).
+    socket: ResponderSocket,
     state: Mutex<WorkerState>,
 }
 
 impl WorkerShared {
     fn send(&self, frame: &[u8], counters: &ProtoCounters) -> bool {
-        match lock(&self.tx).send_to(frame, None) {
-            Some(Ok(())) => true,
-            Some(Err(e)) => {
+        match self.socket.send(frame) {
+            Ok(()) => true,
+            Err(e) => {
                 bump(&counters.send_errors);
                 warn!(iface = %self.name, error = %e, "sending frame failed");
-                false
-            }
-            None => {
-                bump(&counters.send_errors);
                 false
             }
         }
@@ -371,8 +368,13 @@ pub fn plan_workers(
     wanted
 }
 
-fn run_worker(w: Arc<WorkerShared>, mut rx: Box<dyn DataLinkReceiver>, shared: Arc<Shared>) {
+/// Bytes read of one frame: more than any ARP or Neighbor Solicitation frame (a longer
+/// frame is truncated and then dropped as malformed, or answered if still whole).
+const RECV_BUFFER: usize = 4096;
+
+fn run_worker(w: Arc<WorkerShared>, shared: Arc<Shared>) {
     let idle = Duration::from_millis(20);
+    let mut buf = vec![0u8; RECV_BUFFER];
     while !w.stop.load(Ordering::Acquire) {
         let due = lock(&w.state).timer.due(Instant::now());
         if !due.is_empty() {
@@ -384,9 +386,9 @@ fn run_worker(w: Arc<WorkerShared>, mut rx: Box<dyn DataLinkReceiver>, shared: A
                 }
             }
         }
-        match rx.next() {
-            Ok(frame) => w.handle(frame, &shared),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+        match w.socket.recv(&mut buf) {
+            Ok(Some(frame)) => w.handle(frame, &shared),
+            Ok(None) => {}
             Err(e) => {
                 bump(&shared.counters.proto(w.family).recv_errors);
                 debug!(iface = %w.name, error = %e, "receive failed");
@@ -582,8 +584,8 @@ impl DataPlane {
 
     fn start_worker(&self, key: &(String, Family), link: LinkInfo) -> Option<Worker> {
         let (name, family) = key;
-        let (tx, rx) = match socket::open_channel(name, &link, *family, self.config.poll_interval) {
-            Ok(c) => c,
+        let socket = match ResponderSocket::open(name, &link, *family, self.config.poll_interval) {
+            Ok(s) => s,
             Err(e) => {
                 bump(&self.shared.counters.open_errors);
                 warn!(iface = %name, proto = family.as_str(), error = %e, "opening responder socket failed");
@@ -596,7 +598,7 @@ impl DataPlane {
             family: *family,
             link: link.clone(),
             stop: AtomicBool::new(false),
-            tx: Mutex::new(tx),
+            socket,
             state: Mutex::new(WorkerState {
                 ips: BTreeSet::new(),
                 timer: AnnounceTimer::new(self.config.schedule.clone()),
@@ -606,7 +608,7 @@ impl DataPlane {
         let (thread_w, shared) = (Arc::clone(&w), Arc::clone(&self.shared));
         let thread = std::thread::Builder::new()
             .name(format!("flb-{}-{}", family.as_str(), name))
-            .spawn(move || run_worker(thread_w, rx, shared));
+            .spawn(move || run_worker(thread_w, shared));
         match thread {
             Ok(thread) => {
                 info!(iface = %name, proto = family.as_str(), %mac, "responder started");

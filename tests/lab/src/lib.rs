@@ -30,6 +30,7 @@ pub mod observe;
 pub mod packet;
 pub mod proc;
 pub mod stats;
+pub mod storm;
 pub mod sweeps;
 
 pub use lab::{Failover, Host, Lab, LabConfig, Signal, SpeakerOverride};

@@ -6,7 +6,8 @@
 //!                                              unsolicited NA = S flag clear
 //! ```
 //! `parse` turns one captured frame into a [`Seen`]; `arp_request` and
-//! `neighbor_solicitation` build the probes' requests.
+//! `neighbor_solicitation` build the probes' requests; `arp_answer` and `na_answer` read a
+//! reply without its Ethernet header (a storm's receiver: [`crate::storm`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
@@ -233,6 +234,68 @@ pub fn neighbor_solicitation(src_mac: MacAddr, src_ip: Ipv6Addr, target: Ipv6Add
     buf
 }
 
+/// A reply as read from a network-layer packet socket (no Ethernet header): which address
+/// it answers for, to which address, and who answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The resolved address: ARP SPA, or the NA target.
+    pub answered: IpAddr,
+    /// The asker's address: ARP TPA, or the NA's IPv6 destination.
+    pub to: IpAddr,
+    /// The answerer's link-layer address: ARP SHA, or the NA target link-layer option.
+    pub mac: MacAddr,
+}
+
+/// Reads an ARP reply (RFC 826) addressed to `to_mac` from the ARP packet alone.
+pub fn arp_answer(arp: &[u8], to_mac: MacAddr) -> Option<Answer> {
+    let arp = ArpPacket::new(arp)?;
+    if arp.get_operation() != ArpOperations::Reply
+        || arp.get_protocol_type() != EtherTypes::Ipv4
+        || arp.get_hw_addr_len() != 6
+        || arp.get_proto_addr_len() != 4
+        || arp.get_target_hw_addr() != to_mac
+    {
+        return None;
+    }
+    Some(Answer {
+        answered: IpAddr::V4(arp.get_sender_proto_addr()),
+        to: IpAddr::V4(arp.get_target_proto_addr()),
+        mac: arp.get_sender_hw_addr(),
+    })
+}
+
+/// Reads a solicited Neighbor Advertisement (RFC 4861 §4.4) from the IPv6 packet alone;
+/// an NA without a target link-layer option has no answerer to name and is skipped.
+pub fn na_answer(ipv6: &[u8]) -> Option<Answer> {
+    let ip6 = Ipv6Packet::new(ipv6)?;
+    if ip6.get_next_header() != IpNextHeaderProtocols::Icmpv6 {
+        return None;
+    }
+    let len = usize::from(ip6.get_payload_length()).min(ip6.payload().len());
+    let icmp = &ip6.payload()[..len];
+    // type 136, code 0, S flag set, then the target and a TLLA option (type 2, length 1).
+    if icmp.len() < 32 || icmp[0] != 136 || icmp[1] != 0 || icmp[4] & 0x40 == 0 {
+        return None;
+    }
+    let target = Ipv6Addr::from(<[u8; 16]>::try_from(&icmp[8..24]).ok()?);
+    let mut opts = &icmp[24..];
+    while opts.len() >= 8 {
+        let olen = usize::from(opts[1]) * 8;
+        if olen == 0 || olen > opts.len() {
+            return None;
+        }
+        if opts[0] == 2 {
+            return Some(Answer {
+                answered: IpAddr::V6(target),
+                to: IpAddr::V6(ip6.get_destination()),
+                mac: MacAddr::new(opts[2], opts[3], opts[4], opts[5], opts[6], opts[7]),
+            });
+        }
+        opts = &opts[olen..];
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +371,42 @@ mod tests {
             pnet_packet::icmpv6::checksum(&icmp, &src, &group),
             icmp.get_checksum()
         );
+    }
+
+    /// An ARP reply from 203.0.113.10 (02:00:00:00:00:11) to 198.51.100.130 at CLIENT, as
+    /// a speaker answers it: the ARP packet without its Ethernet header.
+    const ARP_REPLY: [u8; 28] = [
+        0, 1, 0x08, 0, 6, 4, 0, 2, 0x02, 0, 0, 0, 0, 0x11, 203, 0, 113, 10, //
+        0x02, 0, 0, 0, 0, 0x51, 198, 51, 100, 130,
+    ];
+
+    #[test]
+    fn reads_arp_answers_to_us_only() {
+        let a = arp_answer(&ARP_REPLY, CLIENT).unwrap();
+        assert_eq!(a.answered, "203.0.113.10".parse::<IpAddr>().unwrap());
+        assert_eq!(a.to, "198.51.100.130".parse::<IpAddr>().unwrap());
+        assert_eq!(a.mac, MacAddr::new(2, 0, 0, 0, 0, 0x11));
+        assert!(arp_answer(&ARP_REPLY, MacAddr::new(2, 0, 0, 0, 0, 0x52)).is_none());
+        let mut request = ARP_REPLY;
+        request[7] = 1;
+        assert!(arp_answer(&request, CLIENT).is_none());
+        assert!(arp_answer(&GARP[14..], CLIENT).is_none());
+    }
+
+    #[test]
+    fn reads_solicited_na_answers() {
+        // The unsolicited NA with S set and a unicast destination: a solicited answer.
+        let mut na = unsolicited_na();
+        na[54 + 4] = 0x60;
+        let to: Ipv6Addr = "2001:db8:100::1:7".parse().unwrap();
+        na[38..54].copy_from_slice(&to.octets());
+        let a = na_answer(&na[14..]).unwrap();
+        assert_eq!(a.answered, "2001:db8:200::10".parse::<IpAddr>().unwrap());
+        assert_eq!(a.to, IpAddr::V6(to));
+        assert_eq!(a.mac, MacAddr::new(2, 0, 0, 0, 0, 0x12));
+        assert!(na_answer(&unsolicited_na()[14..]).is_none());
+        let ns = neighbor_solicitation(CLIENT, to, "2001:db8:200::10".parse().unwrap());
+        assert!(na_answer(&ns[14..]).is_none());
     }
 
     #[test]

@@ -7,10 +7,16 @@
 //!    TCP connect served by the new node, for SIGKILL and SIGTERM (p50 / p99).
 //! 4. Speaker RSS with 1,000 announced IPs (1 node, 250 IPv4 + 750 IPv6 Services), and API
 //!    writes per minute with those 1,000 Services.
+//! 5. ARP and NDP storms from a client (20,000 requests/s for 5 s by default) at announced
+//!    IPs: requests answered and unanswered, reply latency, every speaker's CPU. It runs
+//!    right after 2, on the same lab, before the failovers restart speakers.
 //!
 //! Environment: `FIGURES_ROUNDS` (failover rounds per signal, default 20),
 //! `FIGURES_WRITES_SECS` (steady-state window, default 60), `FIGURES_PROBES` (latency
-//! probes per target, default 200).
+//! probes per target, default 200), `FIGURES_STORM_RATE` (requests/s, default 20000),
+//! `FIGURES_STORM_SECS` (default 5, at most 10), `FIGURES_STORM_VIPS` (announced IPs per
+//! family the storm asks for, default 4), `FIGURES_ONLY` (sections to run, e.g. `2,5`;
+//! default all).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -18,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ferrolb_crds::L2AdvertisementSpec;
+use ferrolb_lab::lab::SPEAKER_METRICS;
 use ferrolb_lab::stats::{ms, summarize};
+use ferrolb_lab::storm::{StormConfig, StormReport, storm};
 use ferrolb_lab::{Family, Lab, LabConfig, ProbeConfig, Signal, Svc};
 use k8s_openapi::api::coordination::v1::Lease;
 
@@ -35,6 +43,16 @@ fn main() -> Result<()> {
     let rounds = env_num("FIGURES_ROUNDS", 20) as usize;
     let window = Duration::from_secs(env_num("FIGURES_WRITES_SECS", 60));
     let probes = env_num("FIGURES_PROBES", 200) as usize;
+    let storm_cfg = StormConfig {
+        rate: env_num("FIGURES_STORM_RATE", 20_000) as u32,
+        duration: Duration::from_secs(env_num("FIGURES_STORM_SECS", 5)),
+        ..StormConfig::default()
+    };
+    let storm_vips = env_num("FIGURES_STORM_VIPS", 4).max(1) as usize;
+    let only: Option<Vec<u32>> = std::env::var("FIGURES_ONLY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let run = |section: u32| only.as_ref().is_none_or(|o| o.contains(&section));
     println!(
         "FerroLB figures — lab of network namespaces on one machine ({} build)",
         if cfg!(debug_assertions) {
@@ -66,26 +84,219 @@ fn main() -> Result<()> {
         )?;
     }
 
-    println!("== 1. API writes in steady state: 3 speakers, 1 dual-stack Service, {window:?} ==");
-    std::thread::sleep(Duration::from_secs(5));
-    writes(&lab, window, 3)?;
+    if run(1) {
+        println!(
+            "== 1. API writes in steady state: 3 speakers, 1 dual-stack Service, {window:?} =="
+        );
+        std::thread::sleep(Duration::from_secs(5));
+        writes(&lab, window, 3)?;
+    }
 
-    println!(
-        "\n== 2. Neighbour reply latency from {CLIENT}: speaker (VIP) vs kernel (node address) =="
-    );
-    latency(&lab, &ips, probes)?;
+    if run(2) {
+        println!(
+            "\n== 2. Neighbour reply latency from {CLIENT}: speaker (VIP) vs kernel (node address) =="
+        );
+        latency(&lab, &ips, probes)?;
+    }
 
-    println!(
-        "\n== 3. Failover, {rounds} rounds per signal (dual-stack Service, TCP on port 80) =="
-    );
-    for sig in [Signal::SIGKILL, Signal::SIGTERM] {
-        failover(&mut lab, &ips, sig, rounds)?;
+    if run(5) {
+        println!(
+            "\n== 5. ARP / NDP storm from {CLIENT}: {} requests/s for {:?} at {storm_vips} announced IPs per family ==",
+            storm_cfg.rate, storm_cfg.duration
+        );
+        storms(&lab, &ips, storm_vips, storm_cfg)?;
+    }
+
+    if run(3) {
+        println!(
+            "\n== 3. Failover, {rounds} rounds per signal (dual-stack Service, TCP on port 80) =="
+        );
+        for sig in [Signal::SIGKILL, Signal::SIGTERM] {
+            failover(&mut lab, &ips, sig, rounds)?;
+        }
     }
     drop(lab);
 
-    println!("\n== 4. One speaker announcing 1,000 IPs ==");
-    thousand(window)?;
+    if run(4) {
+        println!("\n== 4. One speaker announcing 1,000 IPs ==");
+        thousand(window)?;
+    }
     Ok(())
+}
+
+/// Section 5: an ARP storm, then an NDP storm, from the client at `vips` announced IPs per
+/// family (the Service `web`'s, plus dual-stack Services `storm-N` made for it and deleted
+/// after), each request matched to its reply ([`ferrolb_lab::storm`]).
+fn storms(lab: &Lab, ips: &[IpAddr], vips: usize, cfg: StormConfig) -> Result<()> {
+    let extra: Vec<Svc> = (1..vips)
+        .map(|i| Svc::new(&format!("storm-{i}"), 80).family(Family::Dual))
+        .collect();
+    let mut targets = ips.to_vec();
+    for svc in &extra {
+        lab.create_service(svc)?;
+        targets.extend(lab.wait_ingress(svc, 2, Duration::from_secs(20))?);
+    }
+    // Every IP answered by exactly one node before the storm starts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = lab.answerers(CLIENT, &targets, Duration::from_millis(200))?;
+        if view.iter().all(|a| a.len() == 1) {
+            let mut owners: BTreeMap<&str, usize> = BTreeMap::new();
+            for a in &view {
+                *owners.entry(a[0].as_str()).or_default() += 1;
+            }
+            println!("  announced IPs per node: {owners:?}");
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("storm IPs not answered by exactly one node each: {view:?}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let host = lab.host(CLIENT).clone();
+    for (proto, metric, v4) in [("ARP", "arp", true), ("NDP", "ndp", false)] {
+        let fam: Vec<IpAddr> = targets
+            .iter()
+            .copied()
+            .filter(|ip| ip.is_ipv4() == v4)
+            .collect();
+        let before = speaker_counters(lab, metric);
+        let (cpu0, t0, backlog0) = (lab.cpu_times(), Instant::now(), backlog_drops());
+        let r = storm(&host.ns, "eth0", host.prober(), &fam, cfg)?;
+        let (cpu1, wall, backlog1) = (lab.cpu_times(), t0.elapsed(), backlog_drops());
+        let after = speaker_counters(lab, metric);
+        print_storm(proto, &r, lab);
+        println!(
+            "  {proto}: frames the kernel dropped from full input backlogs meanwhile (softnet_stat, all CPUs): {}",
+            backlog1.saturating_sub(backlog0)
+        );
+        for n in lab.nodes() {
+            let key = format!("speaker-{}", n.name);
+            let cpu = match (cpu0.get(&key), cpu1.get(&key)) {
+                (Some(a), Some(b)) => b.saturating_sub(*a).as_secs_f64() / wall.as_secs_f64(),
+                _ => f64::NAN,
+            };
+            let moved: Vec<String> = after[&n.name]
+                .iter()
+                .map(|(k, v)| (k, v - before[&n.name].get(k).copied().unwrap_or(0.0)))
+                .filter(|(_, d)| *d != 0.0)
+                .map(|(k, d)| format!("{k} {d:.0}"))
+                .collect();
+            println!(
+                "  {proto}: speaker on {}: {:.1}% of one core over {}; counters: {}",
+                n.name,
+                cpu * 100.0,
+                ms(wall),
+                if moved.is_empty() {
+                    "none moved".to_string()
+                } else {
+                    moved.join(", ")
+                }
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    for svc in &extra {
+        lab.delete_service(svc)?;
+    }
+    println!(
+        "  (latency: from just before a request's send to its reply read on the client; unanswered: no reply \
+         before the request's slot was reused; a speaker's `requests` below what was sent means frames lost \
+         before it read them (its socket buffer full while it waited for a CPU); CPU: utime + stime from /proc \
+         over the storm and its linger)"
+    );
+    Ok(())
+}
+
+/// Frames dropped so far because a CPU's input backlog was full (second column of
+/// /proc/net/softnet_stat, summed over CPUs; read only).
+fn backlog_drops() -> u64 {
+    std::fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|d| u64::from_str_radix(d, 16).ok())
+        .sum()
+}
+
+/// Per node: every data-plane counter of `protocol` (`arp` / `ndp`) in its speaker's
+/// /metrics, by series name without the protocol label (`requests`, `drops{not_announced}`).
+fn speaker_counters(lab: &Lab, protocol: &str) -> BTreeMap<String, BTreeMap<String, f64>> {
+    let label = format!("protocol=\"{protocol}\"");
+    lab.nodes()
+        .iter()
+        .map(|n| {
+            let body = lab
+                .http_get(
+                    &n.name,
+                    SPEAKER_METRICS.parse().expect("addr"),
+                    "/metrics",
+                    Duration::from_secs(5),
+                )
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            let samples = body
+                .lines()
+                .filter(|l| !l.starts_with('#') && l.contains(&label))
+                .filter_map(|l| {
+                    let (k, v) = l.rsplit_once(' ')?;
+                    let (name, labels) = k.split_once('{')?;
+                    let name = name
+                        .trim_start_matches("ferrolb_speaker_")
+                        .trim_end_matches("_total");
+                    let rest: Vec<&str> = labels
+                        .trim_end_matches('}')
+                        .split(',')
+                        .filter(|l| !l.starts_with("protocol="))
+                        .filter_map(|l| l.split_once('=').map(|(_, v)| v.trim_matches('"')))
+                        .collect();
+                    let key = if rest.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{name}{{{}}}", rest.join(","))
+                    };
+                    Some((key, v.parse().ok()?))
+                })
+                .collect();
+            (n.name.clone(), samples)
+        })
+        .collect()
+}
+
+/// Microseconds, whole: neighbour replies take tens of them.
+fn us(d: Duration) -> String {
+    format!("{} µs", d.as_micros())
+}
+
+fn print_storm(proto: &str, r: &StormReport, lab: &Lab) {
+    println!(
+        "  {proto}: sent {} requests in {} = {:.0}/s ({} send errors); answered {}, unanswered {} \
+         (slot period {}), unmatched replies {}",
+        r.sent,
+        ms(r.send_time),
+        r.rate(),
+        r.send_errors,
+        r.answered,
+        r.unanswered,
+        ms(r.period),
+        r.unmatched
+    );
+    match &r.latency {
+        Some(s) => println!(
+            "  {proto}: reply latency p50 {} p99 {} max {} (n={})",
+            us(s.p50),
+            us(s.p99),
+            ms(s.max),
+            s.n
+        ),
+        None => println!("  {proto}: no replies"),
+    }
+    let by: Vec<String> = r
+        .by_mac
+        .iter()
+        .map(|(mac, n)| format!("{} {n}", lab.node_by_mac(*mac).unwrap_or("?")))
+        .collect();
+    println!("  {proto}: replies by node: {}", by.join(", "));
 }
 
 /// Counts Lease writes (watch) and, on the built-in server, all writes (`/_testapi/counts`).
@@ -148,9 +359,14 @@ fn latency(lab: &Lab, ips: &[IpAddr], probes: usize) -> Result<()> {
         match summarize(samples) {
             Some(s) => {
                 println!(
-                    "  {:<18} {:<22} {s}; unanswered {missed}; most replies to one request {most}",
+                    "  {:<18} {:<22} n={} p50={} p99={} min={} max={}; unanswered {missed}; most replies to one request {most}",
                     t.to_string(),
-                    who
+                    who,
+                    s.n,
+                    us(s.p50),
+                    us(s.p99),
+                    us(s.min),
+                    us(s.max)
                 );
                 p50.insert(*t, s);
             }
