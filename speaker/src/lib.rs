@@ -23,7 +23,6 @@ pub mod metrics;
 pub mod scope;
 pub mod status;
 pub mod step;
-pub mod trim;
 pub mod wire;
 pub mod world;
 
@@ -67,9 +66,6 @@ pub struct Config {
     /// Data-plane tunables.
     pub dataplane: DataPlaneConfig,
 }
-
-/// How often at most free heap memory is given back to the node ([`trim`]).
-const TRIM_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs the speaker until `stop` becomes true, then hands its IPs over: peers are told
 /// at once (LEAVING heartbeats) and the responders stop.
@@ -194,8 +190,6 @@ pub async fn run(
     let mut wake_at: Option<tokio::time::Instant> = None;
 
     let mut lease_clock = LeaseClock::default();
-    // When to give free heap memory back next (trim.rs).
-    let mut trim_at: Option<tokio::time::Instant> = None;
     // The decider's last report, before narrowing to the interfaces that answer.
     let mut last_report: Option<ferrolb_crds::NodeAnnouncementSpec> = None;
     loop {
@@ -352,12 +346,6 @@ pub async fn run(
         if relink && let Some(report) = &last_report {
             let narrowed = status::on_link(report.clone(), &me, &report_links.borrow());
             report_tx.send_if_modified(|old| std::mem::replace(old, narrowed.clone()) != narrowed);
-        }
-        // Give the node back what the lists freed: once synced and decided, then each
-        // minute at most (a re-list frees as much again). Sub-millisecond on this heap.
-        if synced && trim_at.is_none_or(|t| started >= t) {
-            trim::release_free_memory();
-            trim_at = Some(started + TRIM_EVERY);
         }
     }
 
