@@ -181,7 +181,7 @@ pub async fn run(
     // Whom we heartbeat (scope.rs): everyone until the caches sync, then the nodes that may
     // be candidates with us, recomputed when the World's Nodes, pools or advertisements change.
     let mut scope = scope::Scope::everyone();
-    let mut scope_generation: Option<u64> = None;
+    let mut scope_topology: Option<u64> = None;
     let mut heartbeats = scope::Heartbeats::default();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -257,14 +257,14 @@ pub async fn run(
         let started = tokio::time::Instant::now();
         let alive = alive_rx.borrow_and_update().clone();
         let synced = caches.synced();
-        let generation = caches.generation;
+        let topology = caches.topology;
         // The world is kept current event by event (cache.rs); this only sets its speakers.
         let world = synced.then(|| caches.current_world(&alive, config.ignore_exclude_lb));
         let mut scope_changed = false;
         if let Some(w) = world
-            && scope_generation != Some(generation)
+            && scope_topology != Some(topology)
         {
-            scope_generation = Some(generation);
+            scope_topology = Some(topology);
             let next = scope::Scope::of(w, &me);
             if next != scope {
                 scope = next;
