@@ -221,6 +221,36 @@ mod tests {
         );
     }
 
+    /// A pool reserved for externalIPs says so, and shows nothing available to
+    /// LoadBalancer Services (the allocator refuses them: `admits`).
+    #[test]
+    fn a_pool_reserved_for_external_ips_shows_nothing_available() {
+        let mut p = pool(&["203.0.113.0/28"]);
+        p.spec.external_ips = Some(ferrolb_crds::PoolExternalIPs {
+            namespaces: vec!["team-a".into(), "team-b".into()],
+        });
+        assert_eq!(
+            parse(&p).unwrap().external_ips,
+            Some(vec!["team-a".to_string(), "team-b".to_string()])
+        );
+        let stats = PoolStats {
+            assigned_v4: 1,
+            assigned_v6: 0,
+            available_v4: 15,
+            available_v6: 0,
+        };
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let s = desired_status(&p, &PoolState::Ready, Some(stats), vec![], t0);
+        assert_eq!((s.assigned_ipv4, s.available_ipv4), (1, 0));
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.status, "True");
+        assert_eq!(
+            ready.message,
+            "the pool serves spec.externalIPs of Services in namespaces team-a, team-b (no \
+             LoadBalancer allocation)"
+        );
+    }
+
     #[test]
     fn status_reports_counts_and_keeps_transition_times() {
         let p = pool(&["203.0.113.0/28"]);
