@@ -14,6 +14,7 @@
 //! [`world`] decisions, the liveness detector and codec. Glue: this module, [`dataplane`]
 //! sockets and netlink, [`liveness::udp`], [`membership`].
 
+pub mod bpf;
 mod cache;
 pub mod core;
 pub mod dataplane;

@@ -43,9 +43,11 @@ use std::os::fd::IntoRawFd;
 use std::time::Duration;
 
 use pnet_datalink::{Channel, ChannelType, NetworkInterface};
-use socket2::{Domain, Protocol, SockFilter, Socket, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use super::links::LinkInfo;
+pub use crate::bpf::Insn;
+use crate::bpf::{self, ACCEPT, BPF_LD_B_ABS, BPF_LD_W_ABS, BPF_RET_K, jeq, op};
 use crate::wire::{ETHERTYPE_ARP, ETHERTYPE_IPV6};
 
 /// Address family of a responder: ARP for IPv4, NDP for IPv6.
@@ -67,11 +69,6 @@ impl Family {
     }
 }
 
-// Classic BPF opcodes (linux/filter.h).
-const BPF_LD_W_ABS: u16 = 0x20;
-const BPF_LD_B_ABS: u16 = 0x30;
-const BPF_JEQ_K: u16 = 0x15;
-const BPF_RET_K: u16 = 0x06;
 /// Ancillary loads (linux/filter.h): `SKF_AD_OFF` (-0x1000) plus the field.
 const SKF_AD_OFF: u32 = 0xffff_f000;
 const SKF_AD_PKTTYPE: u32 = SKF_AD_OFF + 4;
@@ -79,22 +76,6 @@ const SKF_AD_IFINDEX: u32 = SKF_AD_OFF + 8;
 const SKF_AD_VLAN_TAG_PRESENT: u32 = SKF_AD_OFF + 48;
 /// `skb->pkt_type` of a frame for another host (linux/if_packet.h).
 const PACKET_OTHERHOST: u32 = 3;
-/// Bytes of an accepted frame passed up (more than any ARP/NS frame).
-const ACCEPT: u32 = 0x0004_0000;
-
-/// One classic BPF instruction (`struct sock_filter`), as plain data so the program can be
-/// checked without a socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Insn {
-    /// Opcode.
-    pub code: u16,
-    /// Jump offset if true.
-    pub jt: u8,
-    /// Jump offset if false.
-    pub jf: u8,
-    /// Constant operand.
-    pub k: u32,
-}
 
 /// One test of the filter: load a value, compare it with a constant, drop on mismatch
 /// (`keep_if_equal`) or on match (`!keep_if_equal`).
@@ -104,15 +85,6 @@ struct Check {
     keep_if_equal: bool,
 }
 
-fn load(code: u16, k: u32) -> Insn {
-    Insn {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    }
-}
-
 /// The kernel filter of a responder socket on interface `ifindex`: passes only frames that
 /// arrived untagged on that very interface, for this host or broadcast/multicast (see the
 /// module documentation); for NDP, only ICMPv6 (next header 58 right after the fixed
@@ -120,29 +92,29 @@ fn load(code: u16, k: u32) -> Insn {
 pub fn responder_filter(family: Family, ifindex: u32) -> Vec<Insn> {
     let mut checks = vec![
         Check {
-            load: load(BPF_LD_W_ABS, SKF_AD_PKTTYPE),
+            load: op(BPF_LD_W_ABS, SKF_AD_PKTTYPE),
             value: PACKET_OTHERHOST,
             keep_if_equal: false,
         },
         Check {
-            load: load(BPF_LD_W_ABS, SKF_AD_IFINDEX),
+            load: op(BPF_LD_W_ABS, SKF_AD_IFINDEX),
             value: ifindex,
             keep_if_equal: true,
         },
         Check {
-            load: load(BPF_LD_W_ABS, SKF_AD_VLAN_TAG_PRESENT),
+            load: op(BPF_LD_W_ABS, SKF_AD_VLAN_TAG_PRESENT),
             value: 0,
             keep_if_equal: true,
         },
     ];
     if family == Family::V6 {
         checks.push(Check {
-            load: load(BPF_LD_B_ABS, 20), // IPv6 next header
+            load: op(BPF_LD_B_ABS, 20), // IPv6 next header
             value: 58,
             keep_if_equal: true,
         });
         checks.push(Check {
-            load: load(BPF_LD_B_ABS, 54), // ICMPv6 type
+            load: op(BPF_LD_B_ABS, 54), // ICMPv6 type
             value: 135,
             keep_if_equal: true,
         });
@@ -159,15 +131,10 @@ pub fn responder_filter(family: Family, ifindex: u32) -> Vec<Insn> {
             (to_drop, 0)
         };
         prog.push(c.load);
-        prog.push(Insn {
-            code: BPF_JEQ_K,
-            jt,
-            jf,
-            k: c.value,
-        });
+        prog.push(jeq(c.value, jt, jf));
     }
-    prog.push(load(BPF_RET_K, ACCEPT));
-    prog.push(load(BPF_RET_K, 0));
+    prog.push(op(BPF_RET_K, ACCEPT));
+    prog.push(op(BPF_RET_K, 0));
     prog
 }
 
@@ -196,11 +163,7 @@ impl ResponderSocket {
         read_timeout: Duration,
     ) -> io::Result<ResponderSocket> {
         let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))?;
-        let filter: Vec<SockFilter> = responder_filter(family, link.index)
-            .into_iter()
-            .map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k))
-            .collect();
-        socket.attach_filter(&filter)?;
+        socket.attach_filter(&bpf::to_socket(&responder_filter(family, link.index)))?;
         // The dup shares the socket (filter, binding, flags); pnet's descriptor closes
         // with its channel below.
         let responder = socket.try_clone()?;
@@ -287,6 +250,7 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bpf::BPF_JEQ_K;
     use crate::wire::MacAddr;
     use crate::wire::arp::ArpRepr;
     use crate::wire::ndp::{NeighborAdvertRepr, NeighborSolicitRepr};
@@ -452,7 +416,7 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(prog[prog.len() - 1], load(BPF_RET_K, 0));
+            assert_eq!(prog[prog.len() - 1], op(BPF_RET_K, 0));
         }
     }
 }

@@ -23,51 +23,15 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-// Classic BPF opcodes (linux/filter.h).
-const BPF_LD_W_ABS: u16 = 0x20;
-const BPF_LD_H_ABS: u16 = 0x28;
-const BPF_LD_B_ABS: u16 = 0x30;
-const BPF_ALU_RSH_K: u16 = 0x74;
-const BPF_JMP_JA: u16 = 0x05;
-const BPF_JEQ_K: u16 = 0x15;
-const BPF_RET_K: u16 = 0x06;
+pub use crate::bpf::Insn;
+use crate::bpf::{
+    ACCEPT, BPF_ALU_RSH_K, BPF_JMP_JA, BPF_LD_B_ABS, BPF_LD_H_ABS, BPF_LD_W_ABS, BPF_RET_K, jeq, op,
+};
+
 /// Negative load offsets from here address the network (IP) header (`SKF_NET_OFF`).
 const SKF_NET_OFF: u32 = 0xfff0_0000;
-/// Bytes of an accepted datagram kept (all of it).
-const ACCEPT: u32 = 0x0004_0000;
 /// Longest classic BPF program the kernel accepts (`BPF_MAXINSNS`).
 pub const MAX_INSNS: usize = 4096;
-
-/// One classic BPF instruction (`struct sock_filter`), as plain data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Insn {
-    /// Opcode.
-    pub code: u16,
-    /// Jump offset if true.
-    pub jt: u8,
-    /// Jump offset if false.
-    pub jf: u8,
-    /// Constant operand.
-    pub k: u32,
-}
-
-fn op(code: u16, k: u32) -> Insn {
-    Insn {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    }
-}
-
-fn jeq(k: u32, jt: u8, jf: u8) -> Insn {
-    Insn {
-        code: BPF_JEQ_K,
-        jt,
-        jf,
-        k,
-    }
-}
 
 /// `ip`, with an IPv4-mapped IPv6 address as plain IPv4 (what arrives on the wire).
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -167,16 +131,12 @@ pub fn source_filter(sources: impl IntoIterator<Item = SocketAddr>) -> Option<Ve
     Some(p)
 }
 
-/// The program in the form the socket takes.
-pub fn to_socket(prog: &[Insn]) -> Vec<socket2::SockFilter> {
-    prog.iter()
-        .map(|i| socket2::SockFilter::new(i.code, i.jt, i.jf, i.k))
-        .collect()
-}
+pub use crate::bpf::to_socket;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bpf::BPF_JEQ_K;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     /// A received datagram as the filter sees it: its IP header (through `SKF_NET_OFF`
