@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::lab::Lab;
+use crate::objects::{Family, Svc};
 use crate::observe;
 use crate::stats::ms;
 
@@ -32,6 +33,24 @@ pub const SWEEPER_LIMIT: Duration = Duration::from_secs(60);
 /// The lab's node names.
 pub fn node_names(lab: &Lab) -> Vec<String> {
     lab.nodes().iter().map(|h| h.name.clone()).collect()
+}
+
+/// Creates `v4` IPv4 Services `v4-<i>` and `v6` IPv6 Services `v6-<i>` on TCP `port`
+/// (endpoints on every node) and waits for their IPs: one per Service, in that order.
+pub fn single_ip_services(lab: &Lab, v4: usize, v6: usize, port: u16) -> Vec<IpAddr> {
+    let svcs: Vec<Svc> = (0..v4)
+        .map(|i| Svc::new(&format!("v4-{i}"), port))
+        .chain((0..v6).map(|i| Svc::new(&format!("v6-{i}"), port).family(Family::V6)))
+        .collect();
+    for svc in &svcs {
+        lab.create_service(svc).expect("create service");
+    }
+    svcs.iter()
+        .map(|s| {
+            lab.wait_ingress(s, 1, Duration::from_secs(20))
+                .expect("ingress IP")[0]
+        })
+        .collect()
 }
 
 /// Sweeps until the lab has settled (≤ `timeout`): every IP has exactly one answerer,

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use ferrolb_lab::lab::SPEAKER_METRICS;
 use ferrolb_lab::stats::ms;
-use ferrolb_lab::sweeps::{Sweep, Sweeper, node_names, wait_settled};
-use ferrolb_lab::{Family, Lab, LabConfig, Svc, netns};
+use ferrolb_lab::sweeps::{Sweep, Sweeper, node_names, single_ip_services, wait_settled};
+use ferrolb_lab::{Lab, LabConfig, netns};
 use pnet_base::MacAddr;
 
 const SWEEPER: &str = "client1";
@@ -69,20 +69,7 @@ impl Scene {
         })
         .expect("lab starts");
         lab.default_pool().expect("default pool");
-        let svcs: Vec<Svc> = (0..V4_SERVICES)
-            .map(|i| Svc::new(&format!("v4-{i}"), PORT))
-            .chain((0..V6_SERVICES).map(|i| Svc::new(&format!("v6-{i}"), PORT).family(Family::V6)))
-            .collect();
-        for svc in &svcs {
-            lab.create_service(svc).expect("create service");
-        }
-        let ips: Vec<IpAddr> = svcs
-            .iter()
-            .map(|s| {
-                lab.wait_ingress(s, 1, Duration::from_secs(20))
-                    .expect("ingress IP")[0]
-            })
-            .collect();
+        let ips = single_ip_services(&lab, V4_SERVICES, V6_SERVICES, PORT);
         let owners = wait_settled(&lab, SWEEPER, &ips, Duration::from_secs(40));
         let on_target = owners.iter().filter(|o| *o == TARGET).count();
         println!(

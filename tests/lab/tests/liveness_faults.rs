@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use ferrolb_lab::lab::{LEASE_NAMESPACE, firewall_in};
 use ferrolb_lab::stats::ms;
-use ferrolb_lab::sweeps::{STABLE, Sweep, Sweeper, describe, node_names, one_each, wait_settled};
-use ferrolb_lab::{Family, Lab, LabConfig, SpeakerOverride, Svc};
+use ferrolb_lab::sweeps::{
+    STABLE, Sweep, Sweeper, describe, node_names, one_each, single_ip_services, wait_settled,
+};
+use ferrolb_lab::{Lab, LabConfig, SpeakerOverride};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
 
@@ -56,20 +58,7 @@ impl Scene {
     fn start() -> Scene {
         let lab = Lab::start(LabConfig::default()).expect("lab starts");
         lab.default_pool().expect("default pool");
-        let svcs: Vec<Svc> = (0..V4_SERVICES)
-            .map(|i| Svc::new(&format!("v4-{i}"), PORT))
-            .chain((0..V6_SERVICES).map(|i| Svc::new(&format!("v6-{i}"), PORT).family(Family::V6)))
-            .collect();
-        for svc in &svcs {
-            lab.create_service(svc).expect("create service");
-        }
-        let ips: Vec<IpAddr> = svcs
-            .iter()
-            .map(|s| {
-                lab.wait_ingress(s, 1, Duration::from_secs(20))
-                    .expect("ingress IP")[0]
-            })
-            .collect();
+        let ips = single_ip_services(&lab, V4_SERVICES, V6_SERVICES, PORT);
         let owners = wait_settled(&lab, CLIENT, &ips, Duration::from_secs(30));
         for n in node_names(&lab) {
             let owned: Vec<String> = ips
