@@ -551,6 +551,36 @@ mod tests {
         report(s, ns, name, t(NOW), &Options::default()).unwrap()
     }
 
+    /// The plugin's World announces the externalIPs the speakers would (the shared rule):
+    /// from a marked pool, for a listed namespace, not held by a LoadBalancer.
+    #[test]
+    fn the_world_holds_accepted_external_ips_only() {
+        let mut s = base();
+        let mut ext = with_status(pool("ext", &["198.51.100.0/28"]), (0, 0), true);
+        ext.spec.external_ips = Some(ferrolb_crds::PoolExternalIPs {
+            namespaces: vec!["default".into()],
+        });
+        s.pools.push(ext);
+        let listing = |ns: &str, name: &str, ips: &[&str]| {
+            let mut l = svc(ns, name, &[]);
+            let spec = l.spec.as_mut().unwrap();
+            spec.type_ = Some("ClusterIP".into());
+            spec.external_ips = Some(ips.iter().map(|s| s.to_string()).collect());
+            l
+        };
+        s.services.extend([
+            listing("default", "ok", &["198.51.100.3"]),
+            listing("other", "no", &["198.51.100.4"]),
+            // In pool lan, not marked (and held by default/web anyway).
+            listing("default", "held", &["203.0.113.1"]),
+        ]);
+        let (w, _) = world_of(&s, t(NOW), &Options::default());
+        let ok = &w.services["default/ok"];
+        assert_eq!(ok.ips, ["198.51.100.3".parse::<IpAddr>().unwrap()]);
+        assert!(!w.services.contains_key("other/no"));
+        assert!(!w.services.contains_key("default/held"));
+    }
+
     #[test]
     fn automatic_allocation_lists_candidates_in_order() {
         let r = explain(&base(), "default", "web");
