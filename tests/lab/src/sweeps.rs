@@ -175,15 +175,25 @@ impl Sweeper {
             if now >= t0 + max {
                 return;
             }
-            if now >= t0 + min.max(STABLE) {
-                let recent = self.since(now - STABLE);
-                let covered = self.since(t0).first().is_some_and(|s| s.at + STABLE <= now);
-                if covered && recent.len() >= 5 && recent.iter().all(|s| good(&s.view)) {
-                    return;
-                }
+            if now >= t0 + min.max(STABLE) && self.stable_since(t0, good) {
+                return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether the sweeps since `t0` end in [`STABLE`] of sweeps that all satisfy `good`
+    /// (at least 5 of them), measured back from the last finished sweep's start: the same
+    /// window a test's assertion checks once it stops the sweeper. (Measured from "now"
+    /// instead, a sweep still in flight shifts the window and lets an earlier bad sweep
+    /// escape the wait but not the assertion.)
+    fn stable_since(&self, t0: Instant, good: &dyn Fn(&[Vec<String>]) -> bool) -> bool {
+        let sweeps = self.since(t0);
+        let (Some(first), Some(last)) = (sweeps.first(), sweeps.last()) else {
+            return false;
+        };
+        let recent: Vec<&Sweep> = sweeps.iter().filter(|s| s.at + STABLE >= last.at).collect();
+        first.at + STABLE <= last.at && recent.len() >= 5 && recent.iter().all(|s| good(&s.view))
     }
 
     /// Stops sweeping; returns every sweep.
