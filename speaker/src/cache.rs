@@ -1322,6 +1322,7 @@ mod tests {
             node,
             Some("uid-1".into()),
             published,
+            &std::collections::BTreeSet::from([crate::wire::MacAddr::new(2, 0, 0, 0, 0, 0x12)]),
             Duration::from_secs(30),
             k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + at).unwrap(),
         );
@@ -1337,6 +1338,12 @@ mod tests {
         let slim = slim_lease(full.clone());
         assert_eq!(world::peer(&slim), world::peer(&full));
         assert!(world::peer(&slim).is_some());
+        let none = Default::default();
+        assert_eq!(
+            world::fleet([&slim], "n1", &none),
+            world::fleet([&full], "n1", &none)
+        );
+        assert!(world::fleet([&slim], "n1", &none).complete);
         assert!(slim.metadata.labels.is_none() && slim.metadata.owner_references.is_none());
         assert!(slim.metadata.managed_fields.is_none());
 

@@ -87,6 +87,8 @@ pub async fn run(
     let first = links.links();
     let (ifaces_tx, ifaces_rx) = watch::channel(dataplane::usable(&first));
     let (answer_tx, mut answer_rx) = watch::channel(dataplane::can_answer(&first));
+    // Our interfaces' MACs, published in our Lease (peers tell our frames from a stranger's).
+    let (macs_tx, macs_rx) = watch::channel(dataplane::macs(&first));
     let mut links_rx = links.subscribe();
     // The report names the interfaces that answer (narrowed like the data plane's).
     let mut report_links = links.subscribe();
@@ -97,6 +99,8 @@ pub async fn run(
             ifaces_tx.send_if_modified(|old| std::mem::replace(old, u.clone()) != u);
             let a = dataplane::can_answer(&l);
             answer_tx.send_if_modified(|old| std::mem::replace(old, a.clone()) != a);
+            let m = dataplane::macs(&l);
+            macs_tx.send_if_modified(|old| std::mem::replace(old, m.clone()) != m);
         }
     });
     let (peers_tx, peers_rx) = watch::channel(BTreeMap::new());
@@ -118,8 +122,11 @@ pub async fn run(
             incarnation: config.liveness.incarnation,
             pubkey: live.public_key(),
         },
+        macs_rx.clone(),
         config.lease_renew,
     );
+    // IPs another host uses: reported (status::with_conflicts), not announced.
+    let mut conflicts = plane.conflicts();
 
     // Each object is converted to what the speaker keeps of it as it arrives (cache.rs):
     // no watched object is held whole, not even while a re-list is buffered. Small list
@@ -237,6 +244,10 @@ pub async fn run(
                 report_links.borrow_and_update();
                 relink = true;
             }
+            Ok(()) = conflicts.changed() => {
+                conflicts.borrow_and_update();
+                relink = true;
+            }
             Ok(()) = answer_rx.changed() => {
                 if let Err(why) = &*answer_rx.borrow_and_update() {
                     tracing::warn!(%why, "cannot answer ARP/NDP: not eligible to announce");
@@ -254,6 +265,11 @@ pub async fn run(
                 &me,
                 tokio::time::Instant::now(),
             );
+            plane.set_fleet(world::fleet(
+                caches.leases.items.values(),
+                &me,
+                &macs_rx.borrow(),
+            ));
         }
         let started = tokio::time::Instant::now();
         let alive = alive_rx.borrow_and_update().clone();
@@ -303,7 +319,8 @@ pub async fn run(
             let total = want.len();
             let p = plane.clone();
             // The first gratuitous ARP / unsolicited NA of each new IP is sent in here.
-            tokio::task::spawn_blocking(move || p.set_announcements(want)).await?;
+            let fresh = acts.fresh;
+            tokio::task::spawn_blocking(move || p.set_announcements(want, fresh)).await?;
             let announced_at = std::time::Instant::now();
             tracing::info!(
                 gained = acts.gained,
@@ -346,6 +363,7 @@ pub async fn run(
         }
         if relink && let Some(report) = &last_report {
             let narrowed = status::on_link(report.clone(), &me, &report_links.borrow());
+            let narrowed = status::with_conflicts(narrowed, &me, &conflicts.borrow());
             report_tx.send_if_modified(|old| std::mem::replace(old, narrowed.clone()) != narrowed);
         }
     }
@@ -356,7 +374,10 @@ pub async fn run(
     // returns), then tell the peers: they take over a moment after we went quiet, never
     // while we still answer. The responder threads are joined afterwards.
     let p = plane.clone();
-    tokio::task::spawn_blocking(move || p.set_announcements(Default::default())).await?;
+    tokio::task::spawn_blocking(move || {
+        p.set_announcements(Default::default(), Default::default())
+    })
+    .await?;
     live.leave().await;
     // Say so in this node's report (bounded: the API server may be what is failing).
     let leaving = decider.leaving();

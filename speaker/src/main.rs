@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use ferrolb_ops::{Health, LogArgs};
-use ferrolb_speaker::dataplane::{AnnounceSchedule, DEFAULT_EXCLUDE, DataPlaneConfig};
+use ferrolb_speaker::dataplane::{
+    AnnounceSchedule, ConflictConfig, DEFAULT_EXCLUDE, DataPlaneConfig,
+};
 use ferrolb_speaker::{Config, liveness::LivenessConfig, metrics::Metrics};
 
 /// Announces FerroLB LoadBalancer IPs on the LAN: one elected node per IP answers ARP/NDP.
@@ -65,6 +67,17 @@ struct Args {
     /// Seconds between periodic gratuitous ARP/NA refreshes (0 = off).
     #[arg(long, default_value_t = 0)]
     refresh_secs: u64,
+    /// Address conflict detection (RFC 5227 / IPv6 DAD): probe before first announcing an
+    /// IP, never announce one another host uses, defend once against a claim.
+    #[arg(long, env = "FERROLB_CONFLICT_DETECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    conflict_detection: bool,
+    /// Milliseconds a probe runs (3 probes spread over it) before a new IP is announced.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    conflict_probe_ms: u64,
+    /// Longest wait, in milliseconds, between probes of an IP another host uses (the wait
+    /// starts at 1 s and doubles).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1_000..))]
+    conflict_retry_max_ms: u64,
     /// Address of the /metrics, /healthz and /readyz endpoint (default: the advertised
     /// address, port 7474: the node's address, not every interface of the host).
     #[arg(long)]
@@ -140,6 +153,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         advertise,
         dataplane: DataPlaneConfig {
             schedule,
+            conflict: ConflictConfig {
+                enabled: args.conflict_detection,
+                probe: Duration::from_millis(args.conflict_probe_ms),
+                retry_max: Duration::from_millis(args.conflict_retry_max_ms),
+                ..ConflictConfig::default()
+            },
             ..Default::default()
         },
     };

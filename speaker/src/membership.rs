@@ -1,5 +1,5 @@
 //! The speaker's own Lease (`ferrolb-speaker-<node>`): how peers find its heartbeat
-//! address, incarnation and heartbeat public key, and how an operator sees which speakers
+//! address, incarnation, heartbeat public key and interface MACs, and how an operator sees which speakers
 //! exist (`kubectl get leases`). The public key is only as trustworthy as the Lease: each
 //! speaker must be able to write its own Lease only (the ValidatingAdmissionPolicy in
 //! `deploy/`), or a compromised node could publish its key as another node's.
@@ -8,7 +8,7 @@
 //! `renew` (30 s by default): API writes grow with nodes, never with Services. The Lease
 //! is owned by the Node object, so deleting the Node garbage-collects it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -18,11 +18,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
+use tokio::sync::watch;
 
 use crate::liveness::VerifyingKey;
+use crate::wire::MacAddr;
 use crate::world::{
-    HEARTBEAT_ADDR_ANNOTATION, INCARNATION_ANNOTATION, LEASE_PREFIX, PUBKEY_ANNOTATION,
-    encode_pubkey,
+    HEARTBEAT_ADDR_ANNOTATION, INCARNATION_ANNOTATION, LEASE_PREFIX, MACS_ANNOTATION,
+    PUBKEY_ANNOTATION, encode_macs, encode_pubkey,
 };
 
 /// Where and as whom this speaker's heartbeats come: what its Lease publishes.
@@ -37,11 +39,12 @@ pub struct Published {
     pub pubkey: VerifyingKey,
 }
 
-/// The Lease this speaker maintains.
+/// The Lease this speaker maintains; `macs` are its interfaces' MACs.
 pub fn lease(
     node: &str,
     node_uid: Option<String>,
     published: Published,
+    macs: &BTreeSet<MacAddr>,
     renew: Duration,
     now: Timestamp,
 ) -> Lease {
@@ -62,6 +65,7 @@ pub fn lease(
                     published.incarnation.to_string(),
                 ),
                 (PUBKEY_ANNOTATION.into(), encode_pubkey(&published.pubkey)),
+                (MACS_ANNOTATION.into(), encode_macs(macs)),
             ])),
             owner_references: node_uid.map(|uid| {
                 vec![OwnerReference {
@@ -83,13 +87,15 @@ pub fn lease(
     }
 }
 
-/// Keeps the Lease present and renewed until the task is dropped. API errors are logged
-/// and retried next period; they never affect announcing (fail-static).
+/// Keeps the Lease present and renewed until the task is dropped, and rewrites it at once
+/// when the interface MACs on `macs` change. API errors are logged and retried next
+/// period; they never affect announcing (fail-static).
 pub fn spawn(
     client: Client,
     namespace: String,
     node: String,
     published: Published,
+    mut macs: watch::Receiver<BTreeSet<MacAddr>>,
     renew: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -103,7 +109,8 @@ pub fn spawn(
                 .ok()
                 .flatten()
                 .and_then(|n| n.metadata.uid);
-            let mut want = lease(&node, uid, published, renew, Timestamp::now());
+            let current = macs.borrow_and_update().clone();
+            let mut want = lease(&node, uid, published, &current, renew, Timestamp::now());
             let r = match leases.get_opt(&name).await {
                 Ok(Some(cur)) => {
                     want.metadata.resource_version = cur.metadata.resource_version;
@@ -120,7 +127,10 @@ pub fn spawn(
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
-            tokio::time::sleep(renew).await;
+            tokio::select! {
+                _ = tokio::time::sleep(renew) => {}
+                Ok(()) = macs.changed() => {}
+            }
         }
     })
 }
@@ -137,12 +147,19 @@ mod tests {
             incarnation: 7,
             pubkey,
         };
+        let macs = BTreeSet::from([MacAddr::new(2, 0, 0, 0, 0, 0x11)]);
         let l = lease(
             "node1",
             Some("u1".into()),
             published,
+            &macs,
             Duration::from_secs(30),
             Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(
+            crate::world::fleet([&l], "node2", &BTreeSet::new()).macs,
+            macs,
+            "peers read our MACs"
         );
         assert_eq!(
             crate::world::peer(&l),

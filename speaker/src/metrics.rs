@@ -343,6 +343,26 @@ impl Collector for PlaneCollector {
             "Solicited-node multicast groups the NDP responder could not join (Neighbor Solicitations for those IPv6 addresses may be filtered by the NIC)",
             s.join_errors,
         )?;
+        counter(
+            &mut encoder,
+            "ferrolb_speaker_conflict_probes",
+            "Address conflict probes sent (ARP probes from 0.0.0.0, DAD Neighbor Solicitations from ::)",
+            &rows(|c| c.probes),
+        )?;
+        counter(
+            &mut encoder,
+            "ferrolb_speaker_address_conflicts_detected",
+            "Times another host (a MAC of no FerroLB node) was found using an IP this node was to announce",
+            &rows(|c| c.conflicts),
+        )?;
+        let withheld = ConstGauge::new(i64::try_from(plane.conflict_count()).unwrap_or(i64::MAX));
+        let m = encoder.encode_descriptor(
+            "ferrolb_speaker_address_conflicts",
+            "IPs this node wins but does not announce because another host uses them (docs/troubleshooting.md#address-conflicts)",
+            None,
+            withheld.metric_type(),
+        )?;
+        withheld.encode(m)?;
         let mut drops = Vec::new();
         for (p, c) in protos {
             for (reason, v) in &c.drops {
@@ -467,6 +487,11 @@ mod tests {
             "# TYPE ferrolb_speaker_multicast_join_errors counter",
             "ferrolb_speaker_multicast_join_errors_total 0",
             r#"ferrolb_speaker_drops_total{protocol="arp",reason="vlan_tagged"} 0"#,
+            r#"ferrolb_speaker_drops_total{protocol="ndp",reason="withheld"} 0"#,
+            r#"ferrolb_speaker_conflict_probes_total{protocol="arp"} 0"#,
+            r#"ferrolb_speaker_address_conflicts_detected_total{protocol="ndp"} 0"#,
+            "# TYPE ferrolb_speaker_address_conflicts gauge",
+            "ferrolb_speaker_address_conflicts 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

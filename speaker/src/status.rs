@@ -131,6 +131,41 @@ pub fn on_link(
     report
 }
 
+/// Reason of an IP this node wins but does not announce: another host uses it.
+pub const ADDRESS_CONFLICT: &str = "AddressConflict";
+
+/// `report` with the IPs `me` wins but withholds because another host uses them
+/// ([`crate::dataplane::Conflicts`]) marked so: no announcer, reason [`ADDRESS_CONFLICT`],
+/// and a message naming the other host's MAC. The controller then says so on the Service.
+pub fn with_conflicts(
+    mut report: NodeAnnouncementSpec,
+    me: &str,
+    conflicts: &crate::dataplane::Conflicts,
+) -> NodeAnnouncementSpec {
+    if conflicts.is_empty() {
+        return report;
+    }
+    for ip in report.services.iter_mut().flat_map(|s| s.ips.iter_mut()) {
+        let Ok(addr) = ip.ip.parse::<IpAddr>() else {
+            continue;
+        };
+        if let (Some(c), Some(me)) = (
+            conflicts.get(&addr),
+            ip.node.as_deref().filter(|n| *n == me),
+        ) {
+            ip.message = Some(format!(
+                "{addr} is in use by another host: {} claims it (seen by {me} on {}; not a \
+                 FerroLB node); not announced until it is free",
+                c.mac, c.iface
+            ));
+            ip.node = None;
+            ip.interfaces.clear();
+            ip.reason = Some(ADDRESS_CONFLICT.to_owned());
+        }
+    }
+    report
+}
+
 /// The report of a speaker that is shutting down: it announces nothing any more.
 pub fn leaving(incarnation: u64) -> NodeAnnouncementSpec {
     NodeAnnouncementSpec {
@@ -300,6 +335,46 @@ mod tests {
         let theirs = report(&table, "n1", Some(ALL), 1, None, &Map::new());
         let other = on_link(theirs.clone(), "n2", &links);
         assert_eq!(other, theirs);
+    }
+
+    #[test]
+    fn an_ip_in_conflict_is_reported_not_announced_naming_the_other_host() {
+        let mut w = world(&["n1"], &["203.0.113.5", "203.0.113.200"], true);
+        w.apply_speaker(core::Speaker {
+            node: "n1".into(),
+            interfaces: BTreeSet::from(["eth0".to_string()]),
+            settling: false,
+        });
+        let table = core::desired(&w);
+        let r = report(&table, "n1", Some(ALL), 1, None, &Map::new());
+        let conflicts = crate::dataplane::Conflicts::from([(
+            "203.0.113.5".parse().unwrap(),
+            crate::dataplane::Conflict {
+                mac: crate::wire::MacAddr::new(2, 0, 0, 0, 0, 0x99),
+                iface: "eth0".into(),
+                since: std::time::Instant::now(),
+            },
+        )]);
+        let marked = with_conflicts(r.clone(), "n1", &conflicts);
+        let ips = &marked.services[0].ips;
+        let hit = ips.iter().find(|i| i.ip == "203.0.113.5").unwrap();
+        assert_eq!(hit.node, None);
+        assert!(hit.interfaces.is_empty());
+        assert_eq!(hit.reason.as_deref(), Some(ADDRESS_CONFLICT));
+        let msg = hit.message.as_deref().unwrap();
+        assert!(
+            msg.contains("02:00:00:00:00:99") && msg.contains("n1 on eth0"),
+            "{msg}"
+        );
+        let other = ips.iter().find(|i| i.ip == "203.0.113.200").unwrap();
+        assert_eq!(
+            other.node.as_deref(),
+            Some("n1"),
+            "the other IP stays announced"
+        );
+        // Only our own entries: a report of another node is left alone.
+        assert_eq!(with_conflicts(r.clone(), "n2", &conflicts), r);
+        assert_eq!(with_conflicts(r.clone(), "n1", &Default::default()), r);
     }
 
     #[test]

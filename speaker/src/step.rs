@@ -7,7 +7,7 @@
 //!            scope, alive_changed, rejoined_after_isolation }  + now
 //!        │
 //!        ▼  Decider::step
-//!   Actions { ready, announce (new IP → interfaces), takeover, announce_again,
+//!   Actions { ready, announce (new IP → interfaces), fresh, takeover, announce_again,
 //!             table, report (NodeAnnouncement), wake_at }
 //! ```
 //!
@@ -25,7 +25,10 @@
 //!   or that no serving member hears, is not in its own view), the hold-down (a node that
 //!   came back is `settling` and wins only what no settled node can take) and relays.
 //! - **announce** when this node's share of the table changed; a **takeover** is a gain
-//!   caused by a change of the alive view (a peer died or left).
+//!   caused by a change of the alive view (a peer died or left). Gained IPs that no node
+//!   announced in the previous table are **fresh**: the data plane probes for another
+//!   host using them before it announces them (a takeover, a failback or a speaker's first
+//!   decision is announced at once and probed alongside: dataplane::conflict).
 //! - **announce again** (gratuitous ARP / unsolicited NA for everything we hold) when a
 //!   peer came back or we rejoined after isolation: while apart, clients may have learned
 //!   another MAC for IPs we keep.
@@ -74,6 +77,9 @@ pub struct Actions {
     pub ready: bool,
     /// The new set of IPs to answer for, when it changed.
     pub announce: Option<BTreeMap<IpAddr, BTreeSet<String>>>,
+    /// Gained IPs that no node announced in the previous table (a new Service, an IP
+    /// that had no eligible node): probed for before they are announced.
+    pub fresh: BTreeSet<IpAddr>,
     /// IPs gained and lost by `announce`.
     pub gained: usize,
     /// IPs lost by `announce`.
@@ -106,6 +112,8 @@ pub struct Decider {
     outside: BTreeSet<String>,
     /// Known peers that entered our scope since, until when they are new to us.
     joined: BTreeMap<String, Instant>,
+    /// The IPs some node announced in the last table (`None` before the first one).
+    had_announcer: Option<BTreeSet<IpAddr>>,
 }
 
 impl Decider {
@@ -122,6 +130,7 @@ impl Decider {
             reported: None,
             outside: BTreeSet::new(),
             joined: BTreeMap::new(),
+            had_announcer: None,
         }
     }
 
@@ -190,6 +199,13 @@ impl Decider {
                 .filter(|ip| !local.contains_key(ip))
                 .count();
             out.takeover = i.alive_changed && out.gained > 0;
+            if let Some(had) = &self.had_announcer {
+                out.fresh = local
+                    .keys()
+                    .filter(|ip| !self.announced.contains_key(ip) && !had.contains(ip))
+                    .copied()
+                    .collect();
+            }
             if out.takeover {
                 out.departed = departed;
             }
@@ -197,6 +213,14 @@ impl Decider {
             out.announce = Some(local);
         }
         out.announce_again = rejoined && !self.announced.is_empty();
+        self.had_announcer = Some(
+            table
+                .ips()
+                .iter()
+                .filter(|(_, d)| d.announcer().is_some())
+                .map(|(ip, _)| *ip)
+                .collect(),
+        );
 
         // The lowest-named serving speaker of our view also reports the Services nobody
         // announces, those whose IPs it judges. A speaker no advertisement selects hears

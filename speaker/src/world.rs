@@ -24,7 +24,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::core;
+use crate::dataplane::Fleet;
 use crate::liveness::{PeerAddr, VerifyingKey};
+use crate::wire::MacAddr;
 
 /// Annotation on a speaker's Lease: where its peers send heartbeats.
 pub const HEARTBEAT_ADDR_ANNOTATION: &str = "ferrolb.io/heartbeat-addr";
@@ -35,6 +37,10 @@ pub const INCARNATION_ANNOTATION: &str = "ferrolb.io/heartbeat-incarnation";
 /// heartbeats with (drawn at each start; 32 bytes, standard base64 with padding, 44
 /// characters). Peers reject heartbeats claiming this node that this key did not sign.
 pub const PUBKEY_ANNOTATION: &str = "ferrolb.io/heartbeat-pubkey";
+/// Annotation on a speaker's Lease: the MACs of its interfaces (lowercase, comma-separated,
+/// ascending), so that peers tell a FerroLB node's ARP/NDP from another host's (address
+/// conflict detection, `dataplane::conflict`).
+pub const MACS_ANNOTATION: &str = "ferrolb.io/macs";
 /// Prefix of every speaker Lease name; the rest is the node name.
 pub const LEASE_PREFIX: &str = "ferrolb-speaker-";
 /// The EndpointSlice label naming its Service.
@@ -557,6 +563,57 @@ pub fn peer(lease: &Lease) -> Option<(String, PeerAddr)> {
     ))
 }
 
+/// The value of [`MACS_ANNOTATION`] for `macs`.
+pub fn encode_macs(macs: &BTreeSet<MacAddr>) -> String {
+    macs.iter()
+        .map(MacAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses a [`MACS_ANNOTATION`] value (`None` when any entry is not a MAC).
+pub fn decode_macs(value: &str) -> Option<BTreeSet<MacAddr>> {
+    value
+        .split(',')
+        .filter(|m| !m.is_empty())
+        .map(|m| m.trim().parse().ok())
+        .collect()
+}
+
+/// Every FerroLB node's MACs: `own` and what each other speaker Lease publishes. Complete
+/// when every other speaker Lease publishes a readable list (a speaker of a version before
+/// conflict detection publishes none: then no claim can be judged foreign).
+pub fn fleet<'a>(
+    leases: impl IntoIterator<Item = &'a Lease>,
+    me: &str,
+    own: &BTreeSet<MacAddr>,
+) -> Fleet {
+    let mut fleet = Fleet {
+        macs: own.clone(),
+        complete: true,
+    };
+    for l in leases {
+        let lease_name = name(l);
+        let Some(node) = lease_name.strip_prefix(LEASE_PREFIX) else {
+            continue;
+        };
+        if node == me {
+            continue;
+        }
+        let published = l
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MACS_ANNOTATION))
+            .and_then(|v| decode_macs(v));
+        match published {
+            Some(macs) => fleet.macs.extend(macs),
+            None => fleet.complete = false,
+        }
+    }
+    fleet
+}
+
 /// The heartbeat peers (every speaker Lease but our own).
 pub fn peers<'a>(
     leases: impl IntoIterator<Item = &'a Lease>,
@@ -889,6 +946,44 @@ mod tests {
             (PUBKEY_ANNOTATION.into(), key.into()),
         ]));
         l
+    }
+
+    #[test]
+    fn the_fleet_is_every_speakers_published_macs_and_complete_only_if_all_publish() {
+        let mac = |b: u8| MacAddr::new(2, 0, 0, 0, 0, b);
+        let own = BTreeSet::from([mac(1)]);
+        let with_macs = |node: &str, v: &str| {
+            let mut l = keyed_lease("k");
+            l.metadata.name = Some(format!("{LEASE_PREFIX}{node}"));
+            l.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert(MACS_ANNOTATION.into(), v.into());
+            l
+        };
+        let macs = BTreeSet::from([mac(2), mac(3)]);
+        assert_eq!(encode_macs(&macs), "02:00:00:00:00:02,02:00:00:00:00:03");
+        assert_eq!(decode_macs(&encode_macs(&macs)), Some(macs));
+        assert_eq!(decode_macs(""), Some(BTreeSet::new()));
+        let leases = [
+            with_macs("node2", "02:00:00:00:00:02,02:00:00:00:00:03"),
+            // Our own Lease is not read: `own` is what we have now.
+            with_macs("node1", "02:00:00:00:00:09"),
+        ];
+        let f = fleet(&leases, "node1", &own);
+        assert!(f.complete);
+        assert_eq!(f.macs, BTreeSet::from([mac(1), mac(2), mac(3)]));
+        // A previous-version speaker publishes none; a garbled list counts as none.
+        for other in [
+            keyed_lease("k"),
+            with_macs("node3", "02:00:00:00:00:04,banana"),
+        ] {
+            let leases = [leases[0].clone(), other];
+            let f = fleet(&leases, "node1", &own);
+            assert!(!f.complete);
+            assert!(f.macs.contains(&mac(2)));
+        }
     }
 
     #[test]

@@ -385,9 +385,10 @@ fn child_responder() {
         let plane = Arc::new(DataPlane::new(DataPlaneConfig::default()));
         plane.set_links(watcher.links());
         let follower = plane.follow_links(watcher.subscribe());
-        plane.set_announcements(parse_spec(
-            &std::env::var("FLB_ANNOUNCE").unwrap_or_default(),
-        ));
+        plane.set_announcements(
+            parse_spec(&std::env::var("FLB_ANNOUNCE").unwrap_or_default()),
+            Default::default(),
+        );
         println!("FLB READY {:?}", plane.active());
 
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -405,7 +406,7 @@ fn child_responder() {
                 line = rx.recv() => match line {
                     Some(l) => {
                         if let Some(spec) = l.strip_prefix("announce ") {
-                            plane.set_announcements(parse_spec(spec));
+                            plane.set_announcements(parse_spec(spec), Default::default());
                             println!("FLB ANNOUNCED {:?}", plane.active());
                         }
                     }

@@ -12,13 +12,18 @@
 //!             AF_PACKET ETH_P_ARP                  AF_PACKET ETH_P_IPV6 + BPF(NS only)
 //!             recv ─▶ decide_arp ─▶ reply          recv ─▶ decide_ndp ─▶ reply; joins
 //!             AnnounceTimer ─▶ gratuitous ARP      solicited-node groups; unsolicited NA
+//!             conflict::Detector ─▶ probes; claims seen ─▶ withhold / defend / announce
 //! ```
 //!
-//! Decisions are pure ([`responder`], [`schedule`], [`links`] classification and subnet
-//! narrowing, [`socket::responder_filter`]); this module only owns threads and sockets.
+//! Decisions are pure ([`responder`], [`schedule`], [`conflict`], [`links`] classification
+//! and subnet narrowing, [`socket::responder_filter`]); this module only owns threads and
+//! sockets. An IP no FerroLB node announced before is probed for first (RFC 5227 / DAD) and
+//! answered only if no other host uses it; a takeover is announced at once and probed
+//! alongside ([`conflict`]). IPs another host uses are listed by [`DataPlane::conflicts`].
 //! Withdrawn IPs stop being answered as soon as `set_announcements` returns; dropping the
 //! [`DataPlane`] stops every worker within one poll interval (50 ms by default).
 
+pub mod conflict;
 pub mod links;
 pub mod responder;
 pub mod schedule;
@@ -34,13 +39,16 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::{debug, info, trace, warn};
 
+pub use conflict::{ConflictConfig, Fleet};
 pub use links::{DEFAULT_EXCLUDE, LinkInfo, LinkWatcher, Links, narrow_to_subnets, usable};
 pub use responder::{AnnounceSet, DropReason, decide_arp, decide_ndp};
 pub use schedule::AnnounceSchedule;
 pub use socket::Family;
 
-use crate::wire::arp::ArpRepr;
-use crate::wire::ndp::{NeighborAdvertRepr, solicited_node_multicast};
+use crate::wire::MacAddr;
+use crate::wire::arp::{ArpOp, ArpRepr};
+use crate::wire::ndp::{NeighborAdvertRepr, NeighborSolicitRepr, solicited_node_multicast};
+use conflict::Out;
 use schedule::AnnounceTimer;
 use socket::{Membership, ResponderSocket};
 
@@ -50,7 +58,7 @@ use socket::{Membership, ResponderSocket};
 pub fn can_answer(links: &Links) -> Result<(), String> {
     let mut errors = Vec::new();
     for (name, link) in links.iter().filter(|(_, l)| l.up) {
-        match ResponderSocket::open(name, link, Family::V4, Duration::from_millis(10)) {
+        match ResponderSocket::open(name, link, Family::V4, Duration::from_millis(10), false) {
             Ok(_) => return Ok(()),
             Err(e) => errors.push(format!("{name}: {e}")),
         }
@@ -77,6 +85,8 @@ pub struct DataPlaneConfig {
     /// Join the solicited-node group of each announced IPv6 address (needed on real NICs,
     /// which filter multicast).
     pub join_solicited_node_groups: bool,
+    /// Address conflict detection (probes, defence, backoff).
+    pub conflict: ConflictConfig,
 }
 
 impl Default for DataPlaneConfig {
@@ -85,6 +95,7 @@ impl Default for DataPlaneConfig {
             schedule: AnnounceSchedule::default(),
             poll_interval: Duration::from_millis(50),
             join_solicited_node_groups: true,
+            conflict: ConflictConfig::default(),
         }
     }
 }
@@ -97,6 +108,8 @@ pub struct ProtoCounters {
     announcements: AtomicU64,
     send_errors: AtomicU64,
     recv_errors: AtomicU64,
+    probes: AtomicU64,
+    conflicts: AtomicU64,
     drops: [AtomicU64; DropReason::LABELS.len()],
 }
 
@@ -113,6 +126,10 @@ pub struct ProtoSnapshot {
     pub send_errors: u64,
     /// Socket read errors other than timeouts.
     pub recv_errors: u64,
+    /// Conflict probes sent (ARP probes, DAD solicitations).
+    pub probes: u64,
+    /// Conflicts found: another host uses an IP this node was to announce.
+    pub conflicts: u64,
     /// Unanswered frames by [`DropReason::as_str`] label (every label present).
     pub drops: BTreeMap<&'static str, u64>,
 }
@@ -126,6 +143,8 @@ impl ProtoCounters {
             announcements: get(&self.announcements),
             send_errors: get(&self.send_errors),
             recv_errors: get(&self.recv_errors),
+            probes: get(&self.probes),
+            conflicts: get(&self.conflicts),
             drops: DropReason::LABELS
                 .iter()
                 .zip(self.drops.iter())
@@ -185,11 +204,38 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// An IP another host uses, as this node saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The other host's MAC.
+    pub mac: MacAddr,
+    /// The interface it was seen on.
+    pub iface: String,
+    /// Since when.
+    pub since: Instant,
+}
+
+/// Every IP this node withholds because another host uses it.
+pub type Conflicts = BTreeMap<IpAddr, Conflict>;
+
 /// State shared by the handle and every worker.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     counters: Counters,
     answers: RwLock<Arc<AnnounceSet>>,
+    fleet: RwLock<Arc<Fleet>>,
+    conflicts: tokio::sync::watch::Sender<Conflicts>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            counters: Counters::default(),
+            answers: RwLock::default(),
+            fleet: RwLock::default(),
+            conflicts: tokio::sync::watch::Sender::new(Conflicts::new()),
+        }
+    }
 }
 
 impl Shared {
@@ -199,12 +245,32 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+
+    fn fleet(&self) -> Arc<Fleet> {
+        self.fleet
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Forgets the conflicts `iface` reported for `ips` (`None`: for any IP of `family`).
+    fn clear_conflicts(&self, iface: &str, family: Family, ips: Option<&BTreeSet<IpAddr>>) {
+        self.conflicts.send_if_modified(|c| {
+            let before = c.len();
+            c.retain(|ip, x| {
+                let of_family = ip.is_ipv4() == (family == Family::V4);
+                !(x.iface == iface && of_family && ips.is_none_or(|s| s.contains(ip)))
+            });
+            c.len() != before
+        });
+    }
 }
 
-/// What one worker announces, and its timers and group memberships.
+/// What one worker announces, and its timers, conflict detection and group memberships.
 struct WorkerState {
     ips: BTreeSet<IpAddr>,
     timer: AnnounceTimer<IpAddr>,
+    acd: conflict::Detector,
     groups: BTreeMap<Ipv6Addr, (Membership, usize)>,
 }
 
@@ -217,6 +283,11 @@ struct WorkerShared {
     /// Read by the worker's thread only; sent on by it and by the handle (announcements).
     socket: ResponderSocket,
     state: Mutex<WorkerState>,
+    /// IPs of this worker not answered now (probing, or in conflict): a copy of
+    /// `state.acd.withheld()`, read per frame without the state lock.
+    withheld: RwLock<Arc<BTreeSet<IpAddr>>>,
+    /// Conflict detection is on (frames are read for claims).
+    detect: bool,
 }
 
 impl WorkerShared {
@@ -250,17 +321,134 @@ impl WorkerShared {
         debug!(iface = %self.name, %ip, "announced");
     }
 
+    /// Sends one probe for `ip`: an RFC 5227 ARP probe (sender 0.0.0.0) or a DAD
+    /// Neighbor Solicitation (from `::`, to the solicited-node group).
+    fn probe(&self, ip: IpAddr, counters: &Counters) {
+        let c = counters.proto(self.family);
+        let mac = self.link.mac;
+        let frame = match ip {
+            IpAddr::V4(v4) => ArpRepr {
+                op: ArpOp::Request,
+                sender_mac: mac,
+                sender_ip: std::net::Ipv4Addr::UNSPECIFIED,
+                target_mac: MacAddr::zero(),
+                target_ip: v4,
+            }
+            .to_bytes(),
+            IpAddr::V6(v6) => {
+                NeighborSolicitRepr::multicast(Ipv6Addr::UNSPECIFIED, mac, v6).to_bytes()
+            }
+        };
+        if self.send(&frame, c) {
+            bump(&c.probes);
+        }
+    }
+
+    /// Carries out what conflict detection decided, then sends its frames (outside the
+    /// state lock). Withheld IPs are updated before any frame leaves: an announcement is
+    /// answered as soon as it is out.
+    fn act(&self, mut st: MutexGuard<'_, WorkerState>, outs: Vec<Out>, shared: &Shared) {
+        if outs.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut sends = Vec::new();
+        for out in outs {
+            match out {
+                Out::Announce(ip) => {
+                    st.timer.start(ip, now);
+                    sends.push(out);
+                    info!(iface = %self.name, %ip, "announcing");
+                }
+                Out::Probe(_) | Out::Defend(_) => sends.push(out),
+                Out::Conflict(ip, mac) => {
+                    st.timer.cancel(&ip);
+                    bump(&shared.counters.proto(self.family).conflicts);
+                    warn!(iface = %self.name, %ip, %mac,
+                        "another host uses this address: not announcing it (probing again with backoff)");
+                    let seen = Conflict {
+                        mac,
+                        iface: self.name.clone(),
+                        since: now,
+                    };
+                    shared.conflicts.send_if_modified(|c| {
+                        c.get(&ip).map(|x| x.mac) != Some(mac) && {
+                            c.insert(ip, seen);
+                            true
+                        }
+                    });
+                }
+                Out::Cleared(ip) => {
+                    info!(iface = %self.name, %ip, "the address conflict is over");
+                    shared.clear_conflicts(&self.name, self.family, Some(&BTreeSet::from([ip])));
+                }
+            }
+        }
+        let withheld = st.acd.withheld();
+        drop(st);
+        {
+            let mut w = self
+                .withheld
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if **w != withheld {
+                *w = Arc::new(withheld);
+            }
+        }
+        for out in sends {
+            match out {
+                Out::Announce(ip) => self.announce(ip, &shared.counters),
+                Out::Defend(ip) => {
+                    info!(iface = %self.name, %ip, "another host claims this address: defending it once");
+                    self.announce(ip, &shared.counters);
+                }
+                Out::Probe(ip) => self.probe(ip, &shared.counters),
+                Out::Conflict(..) | Out::Cleared(_) => {}
+            }
+        }
+    }
+
+    fn withheld(&self, ip: IpAddr) -> bool {
+        self.withheld
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&ip)
+    }
+
+    /// Reads a frame for another host's claim on one of our IPs and judges it.
+    fn judge_claim(&self, frame: &[u8], answers: &AnnounceSet, shared: &Shared) {
+        let claim = match self.family {
+            Family::V4 => conflict::arp_claim(frame, self.link.mac),
+            Family::V6 => conflict::ndp_claim(frame, self.link.mac),
+        };
+        let Some(claim) = claim else { return };
+        if answers.lookup(claim.ip(), &self.name) != responder::Announced::Here {
+            return;
+        }
+        let fleet = shared.fleet();
+        let mut st = lock(&self.state);
+        let outs = st.acd.claim(claim, &fleet, Instant::now());
+        self.act(st, outs, shared);
+    }
+
     /// Answers or drops one received frame.
     fn handle(&self, frame: &[u8], shared: &Shared) {
         let c = shared.counters.proto(self.family);
         bump(&c.requests);
         let answers = shared.answers();
+        if self.detect {
+            self.judge_claim(frame, &answers, shared);
+        }
         let mut buf = [0u8; 128];
         let decided = match self.family {
             Family::V4 => decide_arp(frame, self.link.mac, &self.name, &answers)
                 .map(|r| (r.emit(&mut buf), IpAddr::V4(r.sender_ip))),
             Family::V6 => decide_ndp(frame, self.link.mac, &self.name, &answers)
                 .map(|r| (r.emit(&mut buf), IpAddr::V6(r.target))),
+        };
+        let decided = match decided {
+            Ok((_, ip)) if self.withheld(ip) => Err(DropReason::Withheld),
+            other => other,
         };
         match decided {
             Ok((Ok(len), ip)) => {
@@ -280,15 +468,24 @@ impl WorkerShared {
         }
     }
 
-    /// Brings the worker's IP set to `want`: new IPs are announced at once and scheduled,
-    /// withdrawn ones unscheduled; IPv6 group memberships follow.
-    fn sync(&self, want: &BTreeSet<IpAddr>, config: &DataPlaneConfig, counters: &Counters) {
+    /// Brings the worker's IP set to `want`: new IPs are announced at once and scheduled
+    /// (the `fresh` ones, which no FerroLB node announced before, once a probe finds no
+    /// other host using them), withdrawn ones unscheduled; IPv6 group memberships follow.
+    fn sync(
+        &self,
+        want: &BTreeSet<IpAddr>,
+        fresh: &BTreeSet<IpAddr>,
+        config: &DataPlaneConfig,
+        shared: &Shared,
+    ) {
         let mut st = lock(&self.state);
         let now = Instant::now();
         let removed: Vec<IpAddr> = st.ips.difference(want).copied().collect();
         let added: Vec<IpAddr> = want.difference(&st.ips).copied().collect();
+        let mut outs = Vec::new();
         for ip in &removed {
             st.timer.cancel(ip);
+            outs.extend(st.acd.remove(*ip));
             if let IpAddr::V6(v6) = ip {
                 let group = solicited_node_multicast(*v6);
                 if let Some((_, refs)) = st.groups.get_mut(&group) {
@@ -302,16 +499,16 @@ impl WorkerShared {
         }
         for ip in &added {
             if let (IpAddr::V6(v6), true) = (ip, config.join_solicited_node_groups) {
-                self.join(&mut st, solicited_node_multicast(*v6), counters);
+                self.join(&mut st, solicited_node_multicast(*v6), &shared.counters);
             }
-            st.timer.start(*ip, now);
-            info!(iface = %self.name, %ip, "announcing");
+            let probe_first = fresh.contains(ip);
+            if probe_first && config.conflict.enabled {
+                info!(iface = %self.name, %ip, "probing before announcing");
+            }
+            outs.extend(st.acd.add(*ip, probe_first, now));
         }
         st.ips = want.clone();
-        drop(st);
-        for ip in added {
-            self.announce(ip, counters);
-        }
+        self.act(st, outs, shared);
     }
 
     fn join(&self, st: &mut WorkerState, group: Ipv6Addr, counters: &Counters) {
@@ -330,12 +527,17 @@ impl WorkerShared {
         }
     }
 
-    /// Restarts the announcement cadence of every IP (the link came back up).
+    /// Restarts the announcement cadence of every IP answered now (the link came back up).
     fn reannounce(&self, counters: &Counters) {
         let ips: Vec<IpAddr> = {
             let mut st = lock(&self.state);
             let now = Instant::now();
-            let ips: Vec<IpAddr> = st.ips.iter().copied().collect();
+            let ips: Vec<IpAddr> = st
+                .ips
+                .iter()
+                .copied()
+                .filter(|ip| st.acd.answers(*ip))
+                .collect();
             for ip in &ips {
                 st.timer.start(*ip, now);
             }
@@ -345,6 +547,16 @@ impl WorkerShared {
             self.announce(ip, counters);
         }
     }
+}
+
+/// The MACs of `links` (all-zero ones, such as loopback's, left out): what this node
+/// publishes for its peers to tell its frames from another host's.
+pub fn macs(links: &Links) -> BTreeSet<MacAddr> {
+    links
+        .values()
+        .map(|l| l.mac)
+        .filter(|m| *m != MacAddr::zero())
+        .collect()
 }
 
 /// Which responders must run: one per (interface, family) that is up and has IPs of that
@@ -372,16 +584,35 @@ pub fn plan_workers(
 /// frame is truncated and then dropped as malformed, or answered if still whole).
 const RECV_BUFFER: usize = 4096;
 
+/// Grid of a responder's timers: announcement repeats, probes and retries are this late
+/// at most (besides the wait for a frame, `poll_interval`).
+const TICK: Duration = Duration::from_millis(10);
+
 fn run_worker(w: Arc<WorkerShared>, shared: Arc<Shared>) {
     let idle = Duration::from_millis(20);
     let mut buf = vec![0u8; RECV_BUFFER];
+    // Timers (announcement repeats, probes, retries) run on a 10 ms grid, not per frame:
+    // a storm of requests must not turn into a storm of timer scans.
+    let mut next_tick = Instant::now();
     while !w.stop.load(Ordering::Acquire) {
-        let due = lock(&w.state).timer.due(Instant::now());
+        let now = Instant::now();
+        let mut due = Vec::new();
+        if now >= next_tick {
+            next_tick = now + TICK;
+            let mut st = lock(&w.state);
+            due = st.timer.due(now);
+            let outs = if st.acd.is_busy() {
+                st.acd.tick(now)
+            } else {
+                Vec::new()
+            };
+            w.act(st, outs, &shared);
+        }
         if !due.is_empty() {
             // A repeat may race a withdrawal; the answer set has the last word.
             let answers = shared.answers();
             for ip in due {
-                if answers.lookup(ip, &w.name) == responder::Announced::Here {
+                if answers.lookup(ip, &w.name) == responder::Announced::Here && !w.withheld(ip) {
                     w.announce(ip, &shared.counters);
                 }
             }
@@ -410,6 +641,9 @@ struct Worker {
 struct PlaneState {
     links: Links,
     desired: Announcements,
+    /// IPs of the last `set_announcements` that no FerroLB node announced before: probed
+    /// for before they are announced (only by the reconcile of that call).
+    fresh: BTreeSet<IpAddr>,
     workers: BTreeMap<(String, Family), Worker>,
     stopped: Vec<JoinHandle<()>>,
     shut_down: bool,
@@ -446,14 +680,41 @@ impl DataPlane {
     }
 
     /// Sets what this node announces: IP → interfaces. Withdrawn IPs are not answered any
-    /// more when this returns; new (IP, interface) pairs are announced before it returns.
-    pub fn set_announcements(&self, desired: Announcements) {
+    /// more when this returns; new (IP, interface) pairs are announced before it returns,
+    /// except those in `fresh` (no FerroLB node announced them before), which are probed
+    /// for first and announced once no other host answers (with conflict detection on).
+    pub fn set_announcements(&self, desired: Announcements, fresh: BTreeSet<IpAddr>) {
         let mut st = lock(&self.state);
         if st.shut_down {
             return;
         }
         st.desired = desired;
+        st.fresh = fresh;
         self.reconcile(&mut st);
+        st.fresh.clear();
+    }
+
+    /// Sets the MACs of every FerroLB speaker (from their Leases): claims from these are a
+    /// handover between speakers, never a conflict.
+    pub fn set_fleet(&self, fleet: Fleet) {
+        let mut f = self
+            .shared
+            .fleet
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if **f != fleet {
+            *f = Arc::new(fleet);
+        }
+    }
+
+    /// The IPs this node withholds because another host uses them, as they change.
+    pub fn conflicts(&self) -> tokio::sync::watch::Receiver<Conflicts> {
+        self.shared.conflicts.subscribe()
+    }
+
+    /// How many IPs this node withholds because another host uses them.
+    pub fn conflict_count(&self) -> usize {
+        self.shared.conflicts.borrow().len()
     }
 
     /// Announces every current IP again (gratuitous ARP / unsolicited NA, with repeats):
@@ -556,6 +817,7 @@ impl DataPlane {
                 });
             if !keep && let Some(w) = st.workers.remove(&key) {
                 w.shared.stop.store(true, Ordering::Release);
+                self.shared.clear_conflicts(&key.0, key.1, None);
                 info!(iface = %key.0, proto = key.1.as_str(), "responder stopping");
                 st.stopped.push(w.thread);
             }
@@ -572,11 +834,11 @@ impl DataPlane {
                     info!(iface = %key.0, proto = key.1.as_str(), "link came back; announcing again");
                     w.shared.reannounce(&self.shared.counters);
                 }
-                w.shared.sync(&ips, &self.config, &self.shared.counters);
+                w.shared.sync(&ips, &st.fresh, &self.config, &self.shared);
                 continue;
             }
             if let Some(w) = self.start_worker(&key, link) {
-                w.shared.sync(&ips, &self.config, &self.shared.counters);
+                w.shared.sync(&ips, &st.fresh, &self.config, &self.shared);
                 st.workers.insert(key, w);
             }
         }
@@ -584,7 +846,13 @@ impl DataPlane {
 
     fn start_worker(&self, key: &(String, Family), link: LinkInfo) -> Option<Worker> {
         let (name, family) = key;
-        let socket = match ResponderSocket::open(name, &link, *family, self.config.poll_interval) {
+        let socket = match ResponderSocket::open(
+            name,
+            &link,
+            *family,
+            self.config.poll_interval,
+            self.config.conflict.enabled,
+        ) {
             Ok(s) => s,
             Err(e) => {
                 bump(&self.shared.counters.open_errors);
@@ -602,8 +870,11 @@ impl DataPlane {
             state: Mutex::new(WorkerState {
                 ips: BTreeSet::new(),
                 timer: AnnounceTimer::new(self.config.schedule.clone()),
+                acd: conflict::Detector::new(self.config.conflict.clone()),
                 groups: BTreeMap::new(),
             }),
+            withheld: RwLock::default(),
+            detect: self.config.conflict.enabled,
         });
         let (thread_w, shared) = (Arc::clone(&w), Arc::clone(&self.shared));
         let thread = std::thread::Builder::new()
@@ -700,17 +971,17 @@ mod tests {
     #[test]
     fn without_links_nothing_opens_and_shutdown_is_immediate() {
         let plane = DataPlane::new(DataPlaneConfig::default());
-        plane.set_announcements(Announcements::from([(
-            ip("203.0.113.10"),
-            ifaces(&["eth0"]),
-        )]));
+        plane.set_announcements(
+            Announcements::from([(ip("203.0.113.10"), ifaces(&["eth0"]))]),
+            BTreeSet::new(),
+        );
         assert!(plane.active().is_empty());
         assert_eq!(plane.counters().open_errors, 0);
         let t = Instant::now();
         plane.shutdown();
         plane.shutdown();
         assert!(t.elapsed() < Duration::from_millis(200));
-        plane.set_announcements(Announcements::new());
+        plane.set_announcements(Announcements::new(), BTreeSet::new());
         assert!(plane.active().is_empty());
     }
 

@@ -96,11 +96,14 @@ pub enum DropReason {
     /// The frame carries an 802.1Q/802.1ad tag: it belongs to a VLAN, and answering it on
     /// the untagged socket would answer on the wrong one.
     VlanTagged,
+    /// The IP is ours to announce but not answered yet (probing for another host that
+    /// uses it) or not any more (one does: `conflict`).
+    Withheld,
 }
 
 impl DropReason {
     /// Every label [`DropReason::as_str`] can return, for pre-registering metrics.
-    pub const LABELS: [&'static str; 14] = [
+    pub const LABELS: [&'static str; 15] = [
         "not_arp",
         "not_ipv6",
         "not_icmpv6",
@@ -115,6 +118,7 @@ impl DropReason {
         "not_announced",
         "wrong_interface",
         "vlan_tagged",
+        "withheld",
     ];
 
     /// Stable snake_case label, for metrics (bounded: one of [`DropReason::LABELS`]).
@@ -139,6 +143,7 @@ impl DropReason {
             DropReason::NotAnnounced => 11,
             DropReason::WrongInterface => 12,
             DropReason::VlanTagged => 13,
+            DropReason::Withheld => 14,
         }
     }
 }

@@ -11,7 +11,8 @@
 //! Binding to ETH_P_ARP / ETH_P_IPV6 rather than ETH_P_ALL keeps the node's other traffic
 //! out of user space and off the transmit path (ETH_P_ALL taps clone every sent packet).
 //! The classic BPF filter ([`responder_filter`]) then passes only frames that really
-//! arrived untagged on this interface (and, for NDP, only ICMPv6 Neighbor Solicitations).
+//! arrived untagged on this interface (and, for NDP, only ICMPv6 Neighbor Solicitations,
+//! plus Advertisements when conflict detection reads other hosts' claims).
 //! The socket is not promiscuous. No `unsafe` here: socket2 and pnet own the system calls.
 //!
 //! pnet is used for the `bind` only (socket2 cannot build a `sockaddr_ll` safely). Its
@@ -88,8 +89,9 @@ struct Check {
 /// The kernel filter of a responder socket on interface `ifindex`: passes only frames that
 /// arrived untagged on that very interface, for this host or broadcast/multicast (see the
 /// module documentation); for NDP, only ICMPv6 (next header 58 right after the fixed
-/// header) Neighbor Solicitations (type 135).
-pub fn responder_filter(family: Family, ifindex: u32) -> Vec<Insn> {
+/// header) Neighbor Solicitations (type 135), and Neighbor Advertisements (136) too when
+/// `advertisements` (conflict detection reads them for other hosts' claims).
+pub fn responder_filter(family: Family, ifindex: u32, advertisements: bool) -> Vec<Insn> {
     let mut checks = vec![
         Check {
             load: op(BPF_LD_W_ABS, SKF_AD_PKTTYPE),
@@ -107,34 +109,52 @@ pub fn responder_filter(family: Family, ifindex: u32) -> Vec<Insn> {
             keep_if_equal: true,
         },
     ];
+    // ICMPv6 types passed (any of them), for NDP.
+    let mut types: Vec<u32> = Vec::new();
     if family == Family::V6 {
         checks.push(Check {
             load: op(BPF_LD_B_ABS, 20), // IPv6 next header
             value: 58,
             keep_if_equal: true,
         });
-        checks.push(Check {
-            load: op(BPF_LD_B_ABS, 54), // ICMPv6 type
-            value: 135,
-            keep_if_equal: true,
-        });
+        types.push(135);
+        if advertisements {
+            types.push(136);
+        }
     }
-    // Layout: (load, jeq) per check, then "ret ACCEPT", then "ret 0".
+    // Layout: (load, jeq) per check; then, for NDP, one load of the ICMPv6 type and a jeq
+    // per accepted type; then "ret ACCEPT", then "ret 0".
     let n = checks.len();
-    let mut prog = Vec::with_capacity(2 * n + 2);
-    for (i, c) in checks.into_iter().enumerate() {
-        // From the instruction after this jeq (2i + 2) to the drop (2n + 1).
-        let to_drop = u8::try_from(2 * (n - i) - 1).expect("short program");
+    let len = 2 * n + if types.is_empty() { 0 } else { 1 + types.len() } + 2;
+    let (accept, drop) = (len - 2, len - 1);
+    // Offset of a jump from the instruction at `pc` to `to`.
+    let off = |pc: usize, to: usize| u8::try_from(to - pc - 1).expect("short program");
+    let mut prog = Vec::with_capacity(len);
+    for c in checks {
+        let pc = prog.len() + 1;
         let (jt, jf) = if c.keep_if_equal {
-            (0, to_drop)
+            (0, off(pc, drop))
         } else {
-            (to_drop, 0)
+            (off(pc, drop), 0)
         };
         prog.push(c.load);
         prog.push(jeq(c.value, jt, jf));
     }
+    if !types.is_empty() {
+        prog.push(op(BPF_LD_B_ABS, 54)); // ICMPv6 type
+        for (j, t) in types.iter().enumerate() {
+            let pc = prog.len();
+            let jf = if j + 1 == types.len() {
+                off(pc, drop)
+            } else {
+                0
+            };
+            prog.push(jeq(*t, off(pc, accept), jf));
+        }
+    }
     prog.push(op(BPF_RET_K, ACCEPT));
     prog.push(op(BPF_RET_K, 0));
+    debug_assert_eq!(prog.len(), len);
     prog
 }
 
@@ -155,15 +175,20 @@ pub struct ResponderSocket {
 
 impl ResponderSocket {
     /// Opens the responder socket of `family` on interface `name`; a receive waits at most
-    /// `read_timeout`.
+    /// `read_timeout`; `advertisements`: NDP sockets also read Neighbor Advertisements.
     pub fn open(
         name: &str,
         link: &LinkInfo,
         family: Family,
         read_timeout: Duration,
+        advertisements: bool,
     ) -> io::Result<ResponderSocket> {
         let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))?;
-        socket.attach_filter(&bpf::to_socket(&responder_filter(family, link.index)))?;
+        socket.attach_filter(&bpf::to_socket(&responder_filter(
+            family,
+            link.index,
+            advertisements,
+        )))?;
         // The dup shares the socket (filter, binding, flags); pnet's descriptor closes
         // with its channel below.
         let responder = socket.try_clone()?;
@@ -366,6 +391,13 @@ mod tests {
             ("multicast NS", Family::V6, &ns, meta(MULTICAST), true),
             ("unicast NS (NUD)", Family::V6, &ns, meta(HOST), true),
             ("NA", Family::V6, &na, meta(MULTICAST), false),
+            (
+                "NA, with advertisements",
+                Family::V6,
+                &na,
+                meta(MULTICAST),
+                true,
+            ),
             ("tagged NS, no VLAN device", Family::V6, &ns, meta(3), false),
             (
                 "tagged NS for eth0.100",
@@ -390,7 +422,7 @@ mod tests {
             ),
         ];
         for (name, family, frame, m, passed) in cases {
-            let prog = responder_filter(family, ETH0);
+            let prog = responder_filter(family, ETH0, name.contains("with advertisements"));
             let verdict = run(&prog, frame, m);
             assert_eq!(verdict != 0, passed, "{name}");
             if passed {
@@ -401,8 +433,10 @@ mod tests {
 
     #[test]
     fn filter_jumps_stay_inside_the_program() {
-        for family in [Family::V4, Family::V6] {
-            let prog = responder_filter(family, 9);
+        for (family, advertisements) in
+            [(Family::V4, false), (Family::V6, false), (Family::V6, true)]
+        {
+            let prog = responder_filter(family, 9, advertisements);
             assert!(prog.len() <= 32);
             for (pc, i) in prog.iter().enumerate() {
                 if i.code == BPF_JEQ_K {
@@ -411,7 +445,7 @@ mod tests {
                         assert!(to < prog.len(), "{family:?} pc {pc}");
                         assert!(matches!(
                             prog[to].code,
-                            BPF_RET_K | BPF_LD_W_ABS | BPF_LD_B_ABS
+                            BPF_RET_K | BPF_LD_W_ABS | BPF_LD_B_ABS | BPF_JEQ_K
                         ));
                     }
                 }

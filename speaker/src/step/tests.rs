@@ -884,3 +884,37 @@ fn a_peer_that_joins_our_scope_is_waited_for_like_at_start() {
         crate::core::local_announcements(&crate::core::desired(&with_speakers(&w, &with_n2)), "n1");
     assert_eq!(d.announced(), &want);
 }
+
+/// Only an IP no node announced in the previous table is fresh (probed for before it is
+/// announced): not at a speaker's first decision, not on a takeover.
+#[test]
+fn only_ips_nobody_announced_before_are_fresh() {
+    let nodes = vec!["a".to_string(), "b".to_string()];
+    let t0 = Instant::now();
+    let peers = BTreeMap::new();
+    let only_a = alive(&["a"]);
+    let mut d = Decider::new("a", 1, Duration::ZERO);
+    let w = with_speakers(&base(&nodes, 2), &only_a);
+    let acts = d.step(&inputs(Some(&w), &only_a, &peers), t0);
+    assert_eq!(acts.announce.unwrap().len(), 2);
+    assert!(
+        acts.fresh.is_empty(),
+        "the first decision takes over what exists"
+    );
+    // Two new Services: their IPs are fresh.
+    let w = with_speakers(&base(&nodes, 4), &only_a);
+    let acts = d.step(&inputs(Some(&w), &only_a, &peers), t0 + INTERVAL);
+    assert_eq!(acts.fresh, BTreeSet::from([ip(2), ip(3)]));
+    // b serves and takes some; b dies and a takes them back: not fresh.
+    let both = alive(&["a", "b"]);
+    let w2 = with_speakers(&base(&nodes, 4), &both);
+    let mut i = inputs(Some(&w2), &both, &peers);
+    i.alive_changed = true;
+    let acts = d.step(&i, t0 + 2 * INTERVAL);
+    assert!(acts.lost > 0, "b wins some");
+    let mut i = inputs(Some(&w), &only_a, &peers);
+    i.alive_changed = true;
+    let acts = d.step(&i, t0 + 3 * INTERVAL);
+    assert!(acts.takeover && acts.gained > 0);
+    assert!(acts.fresh.is_empty(), "a takeover is announced at once");
+}
