@@ -114,6 +114,22 @@ pub fn service_patch(
     })
 }
 
+/// The Events of an Announced condition write: a Normal `Announcing` on a takeover, a
+/// Warning `AddressConflict` for each new conflict (docs/troubleshooting.md#address-conflicts).
+fn announce_events(w: &announced::Write) -> Vec<EventSpec> {
+    let takeover = w.takeover.iter().map(|note| EventSpec {
+        warning: false,
+        reason: "Announcing".into(),
+        note: note.clone(),
+    });
+    let conflict = w.conflict.iter().map(|note| EventSpec {
+        warning: true,
+        reason: announced::ADDRESS_CONFLICT.into(),
+        note: note.clone(),
+    });
+    takeover.chain(conflict).collect()
+}
+
 /// The reference of a Service's Events, without reading it back.
 fn service_ref(key: &crate::allocator::ServiceKey, uid: Option<&str>) -> ObjectReference {
     ObjectReference {
@@ -274,7 +290,7 @@ impl Writer {
     }
 
     /// Writes a Service's condition list (the `ferrolb.io/Announced` condition replaced) on
-    /// the resourceVersion it was decided on, then the `Announcing` Event of a takeover.
+    /// the resourceVersion it was decided on, then its Events ([`announce_events`]).
     pub async fn set_conditions(&self, w: &announced::Write) -> Result<(), Error> {
         let r = self.set_conditions_fenced(w).await;
         if let Err(e) = &r {
@@ -299,16 +315,12 @@ impl Writer {
         // A 409 is not retried here: the Service changed, and the next round decides on it.
         self.call(&permit, || api.patch_status(&w.key.name, &params, &patch))
             .await?;
-        if let Some(note) = &w.takeover {
-            let ev = EventSpec {
-                warning: false,
-                reason: "Announcing".into(),
-                note: note.clone(),
-            };
+        let events = announce_events(w);
+        if !events.is_empty() {
             self.record_as(
                 &permit,
                 &service_ref(&w.key, w.uid.as_deref()),
-                &[ev],
+                &events,
                 "Announce",
             )
             .await;
@@ -389,6 +401,41 @@ mod tests {
         let p = service_patch(Some("43"), &[], &[]);
         assert!(p["status"]["loadBalancer"]["ingress"].is_null());
         assert!(p["status"]["conditions"].is_null());
+    }
+
+    #[test]
+    fn a_condition_write_records_a_takeover_and_a_new_conflict() {
+        let mut w = announced::Write {
+            key: crate::allocator::ServiceKey::new("ns", "web"),
+            resource_version: Some("5".into()),
+            uid: None,
+            conditions: Vec::new(),
+            takeover: None,
+            conflict: None,
+        };
+        assert!(announce_events(&w).is_empty());
+        w.takeover = Some("node n1 announces 203.0.113.5 on eth0 (took over)".into());
+        w.conflict = Some("2001:db8::5 is in use by another host".into());
+        let evs = announce_events(&w);
+        let evs: Vec<(bool, &str, &str)> = evs
+            .iter()
+            .map(|e| (e.warning, e.reason.as_str(), e.note.as_str()))
+            .collect();
+        assert_eq!(
+            evs,
+            [
+                (
+                    false,
+                    "Announcing",
+                    "node n1 announces 203.0.113.5 on eth0 (took over)"
+                ),
+                (
+                    true,
+                    "AddressConflict",
+                    "2001:db8::5 is in use by another host"
+                ),
+            ]
+        );
     }
 
     #[test]

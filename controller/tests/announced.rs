@@ -119,6 +119,47 @@ fn counting_out(
     r
 }
 
+/// `node`'s report of an IP it won but withholds: a host that is no FerroLB node uses it.
+fn conflicted(incarnation: &str, node: &str, service: &str, ip: &str) -> NodeAnnouncementSpec {
+    let mut r = claims(incarnation, node, service, ip);
+    r.services[0].ips[0] = IpReport {
+        ip: ip.into(),
+        reason: Some("AddressConflict".into()),
+        message: Some(conflict_message(node, ip)),
+        ..Default::default()
+    };
+    r
+}
+
+const ROGUE_MAC: &str = "02:00:5e:00:53:01";
+
+fn conflict_message(node: &str, ip: &str) -> String {
+    format!(
+        "{ip} is in use by another host: {ROGUE_MAC} claims it (seen by {node} on eth0; not a \
+         FerroLB node); not announced until it is free"
+    )
+}
+
+/// The notes of the Service's Warning `AddressConflict` Events, one per occurrence.
+async fn conflict_warnings(env: &Env, ns: &str, name: &str) -> Vec<String> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), ns);
+    api.list(&Default::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                && e.reason.as_deref() == Some("AddressConflict")
+                && e.type_.as_deref() == Some("Warning")
+        })
+        .flat_map(|e| {
+            let n = e.series.as_ref().map_or(1, |s| s.count.max(1));
+            std::iter::repeat_n(e.note.unwrap_or_default(), n as usize)
+        })
+        .collect()
+}
+
 async fn announced(env: &Env, ns: &str, name: &str) -> Option<Condition> {
     let s = env.services(ns).get(name).await.ok()?;
     s.status?
@@ -210,6 +251,71 @@ async fn the_announced_condition_follows_the_speakers_reports() {
             && c.message.contains(&n1)
             && c.message.contains(&n2))
         .then_some(())
+    })
+    .await;
+
+    sp.remove().await;
+    env.cleanup().await;
+}
+
+/// A speaker that finds another host on the IP it won withholds it and says so in its
+/// report: the condition turns False with the speaker's message and one Warning Event is
+/// recorded per conflict, not one per round; once the host is gone the IP is announced,
+/// and a conflict that comes back warns again.
+#[tokio::test]
+async fn an_address_conflict_turns_the_condition_false_and_warns_once() {
+    let env = Env::new().await;
+    let _c = env.controller("c1");
+    let ns = env.namespace("conflict", &[]).await;
+    env.pool("conflict", &["203.0.113.44/30"], |_| {}).await;
+    env.service(&ns, "web", &[], env.lb_spec(80)).await;
+    let ip = env.ips(&ns, "web").await[0].to_string();
+    let key = format!("{ns}/web");
+    let (n1, n2) = (env.name("n1"), env.name("n2"));
+    let sp = Speakers {
+        env: &env,
+        nodes: vec![n1.clone(), n2.clone()],
+    };
+    sp.lease(&n1, "11").await;
+    sp.lease(&n2, "22").await;
+    sp.report(
+        &n2,
+        NodeAnnouncementSpec {
+            incarnation: "22".into(),
+            serving: true,
+            ..Default::default()
+        },
+    )
+    .await;
+
+    sp.report(&n1, conflicted("11", &n1, &key, &ip)).await;
+    let want = conflict_message(&n1, &ip);
+    env.eventually("Announced=False, AddressConflict", 15, || async {
+        let c = announced(&env, &ns, "web").await?;
+        (c.status == "False" && c.reason == "AddressConflict" && c.message == want).then_some(())
+    })
+    .await;
+    env.eventually("an AddressConflict Warning", 10, || async {
+        (!conflict_warnings(&env, &ns, "web").await.is_empty()).then_some(())
+    })
+    .await;
+    // The controller looks again every second: still one Warning after a few rounds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(conflict_warnings(&env, &ns, "web").await, [want]);
+
+    // The host leaves: n1 announces.
+    sp.report(&n1, claims("11", &n1, &key, &ip)).await;
+    let announced_msg = format!("node {n1} announces {ip} on eth0");
+    env.eventually("Announced names n1", 15, || async {
+        let c = announced(&env, &ns, "web").await?;
+        (c.status == "True" && c.message == announced_msg).then_some(())
+    })
+    .await;
+
+    // It comes back: a second Warning.
+    sp.report(&n1, conflicted("11", &n1, &key, &ip)).await;
+    env.eventually("a second AddressConflict Warning", 15, || async {
+        (conflict_warnings(&env, &ns, "web").await.len() == 2).then_some(())
     })
     .await;
 

@@ -66,6 +66,9 @@ pub mod conditions {
     pub const INVALID: &str = "Invalid";
     /// On a pool: its addresses overlap an older pool; it allocates nothing new.
     pub const CONFLICT: &str = "Conflict";
+    /// Reason of [`ANNOUNCED`] (and of an IP in a speaker's `NodeAnnouncement`): another
+    /// host, a MAC of no FerroLB node, uses the IP, so the elected node does not announce it.
+    pub const ADDRESS_CONFLICT: &str = "AddressConflict";
 }
 
 fn default_true() -> bool {

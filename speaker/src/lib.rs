@@ -245,7 +245,8 @@ pub async fn run(
                 relink = true;
             }
             Ok(()) = conflicts.changed() => {
-                conflicts.borrow_and_update();
+                let withheld = conflicts.borrow_and_update().keys().copied().collect();
+                metrics.set_withheld(withheld);
                 relink = true;
             }
             Ok(()) = answer_rx.changed() => {

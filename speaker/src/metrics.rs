@@ -45,6 +45,8 @@ pub struct Metrics {
 struct Announced {
     node: String,
     pairs: Vec<(IpAddr, String)>,
+    /// IPs won but not answered: another host uses them (left out of the series).
+    withheld: std::collections::BTreeSet<IpAddr>,
 }
 
 impl Metrics {
@@ -157,6 +159,14 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The IPs this node won but does not answer for because another host uses them: they
+    /// leave `ferrolb_speaker_announced` (which says what this node answers for).
+    pub fn set_withheld(&self, ips: std::collections::BTreeSet<IpAddr>) {
+        self.announced.lock().expect("announced lock").withheld = ips;
+    }
+}
+
 /// `ferrolb_speaker_announced{ip, service, node}`: 1 for every IP this node answers for,
 /// per Service holding it. Across all speakers, `count by (ip)` of distinct nodes above 1
 /// means two announcers; a Service IP absent here has none.
@@ -171,6 +181,7 @@ impl Collector for AnnouncedCollector {
             let a = self.announced.lock().expect("announced lock");
             a.pairs
                 .iter()
+                .filter(|(ip, _)| !a.withheld.contains(ip))
                 .map(|(ip, svc)| {
                     vec![
                         ("ip".to_string(), ip.to_string()),
@@ -456,6 +467,14 @@ mod tests {
                 r#"ferrolb_speaker_announced{ip="203.0.113.10",service="default/b",node="node1"} 1"#,
             ]
         );
+
+        // Another host uses v4: node1 does not answer for it, so it is not listed.
+        m.set_withheld(BTreeSet::from([v4]));
+        assert_eq!(
+            announced_lines(&encode(&registry)),
+            [r#"ferrolb_speaker_announced{ip="2001:db8::10",service="default/a",node="node1"} 1"#]
+        );
+        m.set_withheld(BTreeSet::new());
 
         // node2 takes everything over: node1's series vanish instead of staying at 1.
         let mut moved = table.clone();

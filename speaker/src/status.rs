@@ -131,8 +131,7 @@ pub fn on_link(
     report
 }
 
-/// Reason of an IP this node wins but does not announce: another host uses it.
-pub const ADDRESS_CONFLICT: &str = "AddressConflict";
+pub use ferrolb_crds::conditions::ADDRESS_CONFLICT;
 
 /// `report` with the IPs `me` wins but withholds because another host uses them
 /// ([`crate::dataplane::Conflicts`]) marked so: no announcer, reason [`ADDRESS_CONFLICT`],

@@ -14,11 +14,16 @@
 //! report counts that very incarnation out (the peer took its IPs over after a crash), and
 //! the node does not count that peer out in turn. When both count each other out, neither
 //! judgement wins: both reports count, and an IP both claim shows as `SplitAnnouncement`.
+//!
+//! An IP its elected node withholds because another host already uses it (RFC 5227) is
+//! reported by that node alone, as `AddressConflict`; the other speakers name that node as
+//! the announcer. So an unannounced IP is explained by a conflict report of any counted
+//! node first, and each new conflict the condition names is noted once for a Warning Event.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use ferrolb_crds::{NodeAnnouncementSpec, ServiceReport};
+use ferrolb_crds::{IpReport, NodeAnnouncementSpec, ServiceReport};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -45,6 +50,9 @@ pub const NO_SPEAKER: &str = "NoLiveSpeaker";
 /// that may announce it is down or cut off, and the speakers that serve do not heartbeat
 /// them, so they cannot judge it (docs/failover.md#who-heartbeats-whom).
 pub const NOT_REPORTED: &str = "NotReported";
+/// Reason a speaker gives for an IP it won but withholds: another host (a MAC that is not a
+/// FerroLB node) already uses it (docs/troubleshooting.md#address-conflicts).
+pub use ferrolb_crds::conditions::ADDRESS_CONFLICT;
 
 /// What the condition of one Service should say.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +67,8 @@ pub enum Verdict {
         message: String,
         /// The node named first as announcer.
         holder: Option<String>,
+        /// The speakers' `AddressConflict` messages the message includes, one per IP.
+        conflicts: Vec<String>,
     },
     /// Nothing counted mentions this Service yet: leave its condition as it is.
     Unknown,
@@ -159,6 +169,7 @@ impl<'a> Fold<'a> {
                 reason: NO_SPEAKER.into(),
                 message,
                 holder: None,
+                conflicts: Vec::new(),
             };
         }
         // Who claims which IP: a node's entry naming itself as the IP's announcer.
@@ -187,24 +198,39 @@ impl<'a> Fold<'a> {
                     split.join("; ")
                 ),
                 holder: None,
+                conflicts: Vec::new(),
             };
         }
         if claims.is_empty() {
             // Nobody announces it: the explanation of the lowest-named serving reporter.
+            // Every IP in conflict: AddressConflict, naming each; otherwise the first other
+            // IP's reason, with any conflicts named after its message.
             let (_, s) = entries
                 .iter()
                 .find(|(n, _)| self.counted[n].serving)
                 .unwrap_or(&entries[0]);
-            let first = s.ips.first();
+            let why: Vec<&IpReport> = s.ips.iter().map(|i| explained(entries, i)).collect();
+            let conflicts: Vec<String> = why.iter().filter_map(|i| conflict(i)).collect();
+            let (reason, mut message) = match why.iter().find(|i| conflict(i).is_none()) {
+                None if !conflicts.is_empty() => (ADDRESS_CONFLICT.to_string(), Vec::new()),
+                first => (
+                    first
+                        .and_then(|i| i.reason.clone())
+                        .unwrap_or_else(|| "NotAnnounced".into()),
+                    vec![
+                        first
+                            .and_then(|i| i.message.clone())
+                            .unwrap_or_else(|| "not announced".into()),
+                    ],
+                ),
+            };
+            message.extend(conflicts.iter().cloned());
             return Verdict::Set {
                 status: false,
-                reason: first
-                    .and_then(|i| i.reason.clone())
-                    .unwrap_or_else(|| "NotAnnounced".into()),
-                message: first
-                    .and_then(|i| i.message.clone())
-                    .unwrap_or_else(|| "not announced".into()),
+                reason,
+                message: message.join("; "),
                 holder: None,
+                conflicts,
             };
         }
         // The first claimer's view lists every IP; each claimed one by its claimer.
@@ -215,6 +241,7 @@ impl<'a> Fold<'a> {
             .expect("a claimer has an entry");
         let mut announced: Vec<(String, String)> = Vec::new();
         let mut missing = Vec::new();
+        let mut conflicts = Vec::new();
         for ip in &view.ips {
             match claims.get(ip.ip.as_str()).and_then(|n| n.first()) {
                 Some(node) => {
@@ -228,11 +255,19 @@ impl<'a> Fold<'a> {
                         format!("{} on {}", ip.ip, entry.interfaces.join(",")),
                     ));
                 }
-                None => missing.push(format!(
-                    "{} {}",
-                    ip.ip,
-                    ip.message.as_deref().unwrap_or("not announced")
-                )),
+                None => {
+                    let why = explained(entries, ip);
+                    if let Some(m) = conflict(why) {
+                        missing.push(m.clone());
+                        conflicts.push(m);
+                    } else {
+                        missing.push(format!(
+                            "{} {}",
+                            ip.ip,
+                            why.message.as_deref().unwrap_or("not announced")
+                        ));
+                    }
+                }
             }
         }
         let holder = announced.first().map(|(n, _)| n.clone());
@@ -257,8 +292,29 @@ impl<'a> Fold<'a> {
             reason: reason.into(),
             message: parts.join("; "),
             holder,
+            conflicts,
         }
     }
+}
+
+/// Why `ip` (one IP of a view) is not announced: a counted node's `AddressConflict` report
+/// of it, when there is one (only the node that found the conflict knows of it; the others
+/// name that node as the announcer), else the view's own entry.
+fn explained<'r>(entries: &[(&str, &'r ServiceReport)], ip: &'r IpReport) -> &'r IpReport {
+    entries
+        .iter()
+        .flat_map(|(_, s)| &s.ips)
+        .find(|i| i.ip == ip.ip && i.node.is_none() && conflict(i).is_some())
+        .unwrap_or(ip)
+}
+
+/// The message of an `AddressConflict` entry (it names the IP itself).
+fn conflict(ip: &IpReport) -> Option<String> {
+    (ip.reason.as_deref() == Some(ADDRESS_CONFLICT)).then(|| {
+        ip.message
+            .clone()
+            .unwrap_or_else(|| format!("{} is in use by another host", ip.ip))
+    })
 }
 
 /// How long two nodes must claim one IP before the condition says so: a planned handover
@@ -279,6 +335,9 @@ pub struct Write {
     pub conditions: Vec<Condition>,
     /// The note of a Normal `Announcing` Event (a node took the Service over).
     pub takeover: Option<String>,
+    /// The note of a Warning `AddressConflict` Event: the conflicts the new condition names
+    /// that the Service's current one does not.
+    pub conflict: Option<String>,
 }
 
 type Content = Option<(String, String, String)>;
@@ -344,11 +403,11 @@ impl Planner {
                     }
                 }
                 condition(&verdict, old, svc.metadata.generation, now)
-                    .map(|(c, takeover)| (Some(c), takeover))
+                    .map(|(c, takeover)| (Some(c), takeover, conflict_note(&verdict, old)))
             } else {
-                old.map(|_| (None, None))
+                old.map(|_| (None, None, None))
             };
-            let Some((cond, takeover)) = new else {
+            let Some((cond, takeover, conflict)) = new else {
                 continue;
             };
             let content: Content = cond
@@ -373,6 +432,7 @@ impl Planner {
                 uid: svc.metadata.uid.clone(),
                 conditions,
                 takeover,
+                conflict,
             });
         }
         self.split_since.retain(|k, _| split_seen.contains(k));
@@ -396,6 +456,7 @@ fn not_reported() -> Verdict {
                   or cut off (the speakers that serve do not hear those nodes)"
             .into(),
         holder: None,
+        conflicts: Vec::new(),
     }
 }
 
@@ -497,6 +558,7 @@ pub fn condition(
         reason,
         message,
         holder: node,
+        ..
     } = verdict
     else {
         return None;
@@ -524,6 +586,22 @@ pub fn condition(
         },
         takeover,
     ))
+}
+
+/// The note of a Warning `AddressConflict` Event for `verdict`: the conflicts it names that
+/// the current condition (`old`) does not, so each conflict warns once (a re-plan, or a
+/// restart of the controller, finds it in the condition already), and again only after it
+/// cleared or changed (another MAC, another node).
+pub fn conflict_note(verdict: &Verdict, old: Option<&Condition>) -> Option<String> {
+    let Verdict::Set { conflicts, .. } = verdict else {
+        return None;
+    };
+    let new: Vec<&str> = conflicts
+        .iter()
+        .map(String::as_str)
+        .filter(|m| !old.is_some_and(|c| c.message.contains(m)))
+        .collect();
+    (!new.is_empty()).then(|| new.join("; "))
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 use super::*;
 use ferrolb_crds::{IpReport, PeerIncarnation};
 
+mod conflicts;
+
 const IP4: &str = "203.0.113.5";
 const IP6: &str = "2001:db8::5";
 
@@ -98,7 +100,8 @@ fn the_announcing_node_is_named_with_its_interfaces() {
             status: true,
             reason: "Announced".into(),
             message: "node n1 announces 203.0.113.5 on eth0".into(),
-            holder: Some("n1".into())
+            holder: Some("n1".into()),
+            conflicts: Vec::new(),
         }
     );
     assert_eq!(
@@ -323,6 +326,7 @@ fn the_transition_time_moves_with_the_announcer_and_a_takeover_is_noted() {
         reason: "Announced".into(),
         message: format!("node {n} announces 203.0.113.5 on eth0"),
         holder: Some(n.into()),
+        conflicts: Vec::new(),
     };
     let (c1, note) = condition(&by("n1"), None, Some(3), t1).unwrap();
     assert_eq!(c1.last_transition_time.0, t1);
