@@ -73,6 +73,7 @@ fn world(services: u32, nodes: u32) -> World {
                 .map(|k| names[((n * 7 + k * 13) % nodes) as usize].clone())
                 .collect(),
             has_serving_endpoints: true,
+            ignore_health_check: false,
         });
     }
     w

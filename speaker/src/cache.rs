@@ -5,6 +5,7 @@
 //!   Caches (re-list aware) ──each change updates only what it touches──▶ World
 //!        (generation bumped when the World changed) ──current_world(alive)──▶ &core::World
 //!   speaker Leases (slimmed) ──▶ LeaseClock (renewals seen on our clock) ──peers()──▶ liveness members
+//!   speaker Leases ──unhealthy Services they publish──▶ World::unhealthy (bumps the generation)
 //! ```
 //!
 //! Nothing here holds a watched object whole (docs/architecture.md#memory): a Node is kept
@@ -267,14 +268,18 @@ pub(crate) struct Caches {
     pub(crate) leases: Cache<Lease>,
     /// What decides which externalIPs are announced, besides the World's pools.
     external: External,
-    /// Bumped by every change to the World's Nodes, pools, advertisements or Services:
-    /// the same generation and the same live speakers make the same World. Leases never
-    /// bump it, nor Services that are no LoadBalancer and their EndpointSlices, nor
+    /// Bumped by every change to the World's Nodes, pools, advertisements, Services or
+    /// unhealthy sets: the same generation and the same live speakers make the same World.
+    /// Leases bump it only when the unhealthy Services they publish change (never on a
+    /// renewal), Services that are no LoadBalancer and their EndpointSlices never, nor
     /// objects whose kept form did not change (status writes, kubelet heartbeats).
     pub(crate) generation: u64,
     /// Bumped by every change to the World's Nodes, pools or advertisements only: what
     /// the heartbeat scope (scope.rs) is made of, so Service churn does not recompute it.
     pub(crate) topology: u64,
+    /// Bumped by every change of a kept Service, even one the World does not see (its
+    /// `healthCheckNodePort`): with the generation, what [`Caches::health_targets`] reads.
+    pub(crate) services_changed: u64,
 }
 
 impl Caches {
@@ -293,6 +298,7 @@ impl Caches {
             external: External::default(),
             generation: 0,
             topology: 0,
+            services_changed: 0,
         }
     }
 
@@ -336,6 +342,7 @@ impl Caches {
                     }
                 });
                 self.refresh_touched(touched);
+                self.services_changed += u64::from(changed);
                 changed
             }
             Change::Slice(e) => {
@@ -437,8 +444,26 @@ impl Caches {
                 changed
             }
             Change::Lease(e) => {
-                let changed = self.leases.apply(e, |_, _, _| {});
-                debug_assert_eq!(self.generation, before, "Leases are no World input");
+                // A Lease is a World input only through the unhealthy Services it publishes.
+                let unhealthy = &mut self.world.unhealthy;
+                let mut moved = false;
+                let changed = self.leases.apply(e, |_, old, new| {
+                    let (was, is) = (
+                        old.and_then(world::unhealthy),
+                        new.and_then(world::unhealthy),
+                    );
+                    if was != is {
+                        moved = true;
+                        if let Some((node, _)) = was {
+                            unhealthy.remove(&node);
+                        }
+                        if let Some((node, keys)) = is {
+                            unhealthy.insert(node, keys);
+                        }
+                    }
+                });
+                self.generation += u64::from(moved);
+                debug_assert!(moved || self.generation == before);
                 changed
             }
         }
@@ -515,6 +540,21 @@ impl Caches {
             self.world.services = services;
             self.generation += 1;
         }
+    }
+
+    /// The Services this node's kube-proxy health check is probed for (`ns/name` →
+    /// `spec.healthCheckNodePort`): handled, `externalTrafficPolicy: Local`, with a serving
+    /// endpoint on node `me`, a health-check port, and not opted out (crate::health).
+    pub(crate) fn health_targets(&self, me: &str) -> BTreeMap<String, u16> {
+        self.world
+            .services
+            .values()
+            .filter(|s| s.local && !s.ignore_health_check && s.serving_nodes.contains(me))
+            .filter_map(|s| {
+                let port = self.services.items.get(&s.key)?.health_check_node_port?;
+                Some((s.key.clone(), port))
+            })
+            .collect()
     }
 
     /// The core's view given the speakers that may announce, kept current event by
@@ -952,11 +992,18 @@ mod tests {
             .filter(|(i, _)| ext & (1 << i) != 0)
             .map(|(_, ip)| *ip)
             .collect();
+        // Tier 1 opts out of the kube-proxy health check; Local ones have a check port.
+        let annotations = match tier {
+            1 => json!({"ferrolb.io/address-pool": "p1", "ferrolb.io/health-check": "false"}),
+            _ => json!({"ferrolb.io/address-pool": "p1"}),
+        };
+        let check_port = (policy == 0).then_some(30_000 + u32::from(ips));
         serde_json::from_value(json!({
             "metadata": {"namespace": ns, "name": name, "labels": labels,
-                         "annotations": {"ferrolb.io/address-pool": "p1"}},
+                         "annotations": annotations},
             "spec": {"type": TYPES[ty], "loadBalancerClass": CLASSES[class],
                      "externalTrafficPolicy": POLICIES[policy], "ports": [{"port": 80}],
+                     "healthCheckNodePort": check_port,
                      "externalIPs": if external.is_empty() { None } else { Some(external) }},
             "status": {"loadBalancer": {"ingress": ingress},
                        "conditions": [{"type": "ferrolb.io/Announced", "status": "True", "reason": "x",
@@ -1313,6 +1360,11 @@ mod tests {
     }
 
     fn membership_lease(node: &str, at: i64) -> Lease {
+        unhealthy_lease(node, at, &[])
+    }
+
+    /// A speaker Lease as `membership` writes it, publishing `unhealthy`.
+    fn unhealthy_lease(node: &str, at: i64, unhealthy: &[&str]) -> Lease {
         let published = crate::membership::Published {
             heartbeat: "198.51.100.11:7473".parse().unwrap(),
             incarnation: 7,
@@ -1322,7 +1374,12 @@ mod tests {
             node,
             Some("uid-1".into()),
             published,
-            &std::collections::BTreeSet::from([crate::wire::MacAddr::new(2, 0, 0, 0, 0, 0x12)]),
+            &crate::membership::Dynamic {
+                macs: std::collections::BTreeSet::from([crate::wire::MacAddr::new(
+                    2, 0, 0, 0, 0, 0x12,
+                )]),
+                unhealthy: unhealthy.iter().map(|k| k.to_string()).collect(),
+            },
             Duration::from_secs(30),
             k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + at).unwrap(),
         );
@@ -1330,6 +1387,102 @@ mod tests {
         l.metadata.resource_version = Some(at.to_string());
         l.metadata.managed_fields = Some(vec![Default::default()]);
         l
+    }
+
+    /// The unhealthy Services a speaker Lease publishes are a World input (every speaker
+    /// ranks from them): a change bumps the generation, a plain renewal does not.
+    #[test]
+    fn unhealthy_services_published_in_leases_reach_the_world() {
+        let mut c = caches();
+        relist_all(&Snapshot::default(), &mut c);
+        let g0 = c.generation;
+        let set = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect::<BTreeSet<_>>();
+
+        assert!(c.apply(Change::lease(Event::Apply(unhealthy_lease(
+            "n1",
+            0,
+            &["a/s1"]
+        )))));
+        assert_eq!(
+            c.world.unhealthy,
+            BTreeMap::from([("n1".into(), set(&["a/s1"]))])
+        );
+        assert_eq!(c.generation, g0 + 1);
+        assert!(c.apply(Change::lease(Event::Apply(unhealthy_lease(
+            "n1",
+            30,
+            &["a/s1"]
+        )))));
+        assert_eq!(c.generation, g0 + 1, "a renewal publishing the same set");
+        c.apply(Change::lease(Event::Apply(unhealthy_lease(
+            "n2",
+            0,
+            &["b/s3", "a/s1"],
+        ))));
+        assert_eq!(c.world.unhealthy["n2"], set(&["a/s1", "b/s3"]));
+        assert_eq!(c.generation, g0 + 2);
+        c.apply(Change::lease(Event::Apply(unhealthy_lease("n1", 60, &[]))));
+        assert!(!c.world.unhealthy.contains_key("n1"), "healthy again");
+        assert_eq!(c.generation, g0 + 3);
+        c.apply(Change::lease(Event::Delete(unhealthy_lease(
+            "n2",
+            0,
+            &["b/s3"],
+        ))));
+        assert!(
+            c.world.unhealthy.is_empty(),
+            "a deleted Lease publishes nothing"
+        );
+        assert_eq!(c.generation, g0 + 4);
+        // A re-list without n1's Lease, which published none: nothing moves.
+        c.apply(Change::lease(Event::Init));
+        c.apply(Change::lease(Event::InitDone));
+        assert_eq!(c.generation, g0 + 4);
+    }
+
+    /// Only Local Services with a serving endpoint on this node, a check port and no
+    /// opt-out are probed.
+    #[test]
+    fn health_targets_are_the_local_services_served_here() {
+        let mut c = caches();
+        let mut s = Snapshot::default();
+        // (type, class, ingress mask, policy, tier, externalIPs): LoadBalancer, Local.
+        s.services
+            .insert(key("a", "s1"), service("a", "s1", (0, 0, 1, 0, 0, 0)));
+        // Cluster policy.
+        s.services
+            .insert(key("a", "s2"), service("a", "s2", (0, 0, 1, 1, 0, 0)));
+        // Local, opted out (tier 1).
+        s.services
+            .insert(key("b", "s1"), service("b", "s1", (0, 0, 1, 0, 1, 0)));
+        // Local, its endpoint on n2 only.
+        s.services
+            .insert(key("b", "s3"), service("b", "s3", (0, 0, 1, 0, 0, 0)));
+        for (ns, svc, node) in [("a", 0, 0), ("a", 1, 0), ("b", 0, 0), ("b", 2, 1)] {
+            let name = format!("x{svc}");
+            s.slices
+                .insert(key(ns, &name), slice(ns, &name, svc, &[(node, 0, 0)]));
+        }
+        relist_all(&s, &mut c);
+        assert_eq!(
+            c.health_targets("n1"),
+            BTreeMap::from([("a/s1".to_string(), 30_001)])
+        );
+        assert_eq!(
+            c.health_targets("n2"),
+            BTreeMap::from([("b/s3".to_string(), 30_001)])
+        );
+        assert!(c.health_targets("n4").is_empty());
+
+        // A port given once the Service already has its IP: no World change, but the
+        // targets change with it.
+        let (g, n) = (c.generation, c.services_changed);
+        let mut moved = service("a", "s1", (0, 0, 1, 0, 0, 0));
+        moved.spec.as_mut().unwrap().health_check_node_port = Some(31_000);
+        assert!(c.apply(Change::service(Event::Apply(moved))));
+        assert_eq!(c.generation, g, "the World does not see the port");
+        assert!(c.services_changed > n, "so this says to look again");
+        assert_eq!(c.health_targets("n1")["a/s1"], 31_000);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod bpf;
 mod cache;
 pub mod core;
 pub mod dataplane;
+pub mod health;
 pub mod liveness;
 pub mod membership;
 pub mod metrics;
@@ -27,7 +28,7 @@ pub mod step;
 pub mod wire;
 pub mod world;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,9 @@ pub struct Config {
     pub advertise: SocketAddr,
     /// Data-plane tunables.
     pub dataplane: DataPlaneConfig,
+    /// Probe this node's kube-proxy health checks for its Local Services and publish the
+    /// failing ones ([`health`]); off, nothing is probed or published (peers' still count).
+    pub kube_proxy_health_check: bool,
 }
 
 /// Runs the speaker until `stop` becomes true, then hands its IPs over: peers are told
@@ -113,6 +117,19 @@ pub async fn run(
     let mut not_serving = live.not_serving();
     let live = Arc::new(live);
     metrics.attach_liveness(live.clone());
+    // The Local Services whose kube-proxy health check fails here (health.rs), published
+    // in our Lease; the checker probes the targets the main loop derives from the caches.
+    let (unhealthy_tx, unhealthy_rx) = watch::channel(BTreeSet::new());
+    let (targets_tx, targets_rx) = watch::channel(BTreeMap::new());
+    let _checker = config.kube_proxy_health_check.then(|| {
+        health::spawn(
+            health::CheckerConfig::new(config.advertise.ip()),
+            targets_rx,
+            unhealthy_tx,
+        )
+    });
+    // The caches' (generation, services_changed) the targets were last derived from.
+    let mut targets_of: Option<(u64, u64)> = None;
     let _membership = membership::spawn(
         client.clone(),
         config.lease_namespace.clone(),
@@ -123,6 +140,7 @@ pub async fn run(
             pubkey: live.public_key(),
         },
         macs_rx.clone(),
+        unhealthy_rx,
         config.lease_renew,
     );
     // IPs another host uses: reported (status::with_conflicts), not announced.
@@ -276,6 +294,14 @@ pub async fn run(
         let alive = alive_rx.borrow_and_update().clone();
         let synced = caches.synced();
         let topology = caches.topology;
+        let inputs = (caches.generation, caches.services_changed);
+        if config.kube_proxy_health_check && synced && targets_of != Some(inputs) {
+            targets_of = Some(inputs);
+            let t = caches.health_targets(&me);
+            if targets_tx.send_if_modified(|old| std::mem::replace(old, t.clone()) != t) {
+                tracing::info!(services = t.len(), "kube-proxy health checks changed");
+            }
+        }
         // The world is kept current event by event (cache.rs); this only sets its speakers.
         let world = synced.then(|| caches.current_world(&alive, config.ignore_exclude_lb));
         let mut scope_changed = false;

@@ -78,6 +78,10 @@ struct Args {
     /// starts at 1 s and doubles).
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1_000..))]
     conflict_retry_max_ms: u64,
+    /// For externalTrafficPolicy: Local Services, probe this node's kube-proxy health check
+    /// (healthCheckNodePort) and make the node ineligible while it fails.
+    #[arg(long, env = "FERROLB_KUBE_PROXY_HEALTH_CHECK", default_value_t = true, action = clap::ArgAction::Set)]
+    kube_proxy_health_check: bool,
     /// Address of the /metrics, /healthz and /readyz endpoint (default: the advertised
     /// address, port 7474: the node's address, not every interface of the host).
     #[arg(long)]
@@ -161,6 +165,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             },
             ..Default::default()
         },
+        kube_proxy_health_check: args.kube_proxy_health_check,
     };
     let client = ferrolb_ops::client().await?;
     let mut registry = prometheus_client::registry::Registry::default();

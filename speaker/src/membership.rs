@@ -1,6 +1,7 @@
 //! The speaker's own Lease (`ferrolb-speaker-<node>`): how peers find its heartbeat
-//! address, incarnation, heartbeat public key and interface MACs, and how an operator sees which speakers
-//! exist (`kubectl get leases`). The public key is only as trustworthy as the Lease: each
+//! address, incarnation, heartbeat public key, interface MACs and the Local Services whose
+//! kube-proxy health check fails on its node (crate::health), and how an operator sees
+//! which speakers exist (`kubectl get leases`). The public key is only as trustworthy as the Lease: each
 //! speaker must be able to write its own Lease only (the ValidatingAdmissionPolicy in
 //! `deploy/`), or a compromised node could publish its key as another node's.
 //!
@@ -24,7 +25,7 @@ use crate::liveness::VerifyingKey;
 use crate::wire::MacAddr;
 use crate::world::{
     HEARTBEAT_ADDR_ANNOTATION, INCARNATION_ANNOTATION, LEASE_PREFIX, MACS_ANNOTATION,
-    PUBKEY_ANNOTATION, encode_macs, encode_pubkey,
+    PUBKEY_ANNOTATION, UNHEALTHY_SERVICES_ANNOTATION, encode_macs, encode_pubkey, encode_unhealthy,
 };
 
 /// Where and as whom this speaker's heartbeats come: what its Lease publishes.
@@ -39,15 +40,40 @@ pub struct Published {
     pub pubkey: VerifyingKey,
 }
 
-/// The Lease this speaker maintains; `macs` are its interfaces' MACs.
+/// What this speaker's Lease publishes that changes while it runs; a change is written
+/// at once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dynamic {
+    /// Its interfaces' MACs.
+    pub macs: BTreeSet<MacAddr>,
+    /// The Local Services whose kube-proxy health check fails here (`ns/name`).
+    pub unhealthy: BTreeSet<String>,
+}
+
+/// The Lease this speaker maintains.
 pub fn lease(
     node: &str,
     node_uid: Option<String>,
     published: Published,
-    macs: &BTreeSet<MacAddr>,
+    dynamic: &Dynamic,
     renew: Duration,
     now: Timestamp,
 ) -> Lease {
+    let mut annotations = BTreeMap::from([
+        (
+            HEARTBEAT_ADDR_ANNOTATION.into(),
+            published.heartbeat.to_string(),
+        ),
+        (
+            INCARNATION_ANNOTATION.into(),
+            published.incarnation.to_string(),
+        ),
+        (PUBKEY_ANNOTATION.into(), encode_pubkey(&published.pubkey)),
+        (MACS_ANNOTATION.into(), encode_macs(&dynamic.macs)),
+    ]);
+    if let Some(v) = encode_unhealthy(&dynamic.unhealthy) {
+        annotations.insert(UNHEALTHY_SERVICES_ANNOTATION.into(), v);
+    }
     Lease {
         metadata: ObjectMeta {
             name: Some(format!("{LEASE_PREFIX}{node}")),
@@ -55,18 +81,7 @@ pub fn lease(
                 ("app.kubernetes.io/name".into(), "ferrolb".into()),
                 ("app.kubernetes.io/component".into(), "speaker".into()),
             ])),
-            annotations: Some(BTreeMap::from([
-                (
-                    HEARTBEAT_ADDR_ANNOTATION.into(),
-                    published.heartbeat.to_string(),
-                ),
-                (
-                    INCARNATION_ANNOTATION.into(),
-                    published.incarnation.to_string(),
-                ),
-                (PUBKEY_ANNOTATION.into(), encode_pubkey(&published.pubkey)),
-                (MACS_ANNOTATION.into(), encode_macs(macs)),
-            ])),
+            annotations: Some(annotations),
             owner_references: node_uid.map(|uid| {
                 vec![OwnerReference {
                     api_version: "v1".into(),
@@ -88,14 +103,17 @@ pub fn lease(
 }
 
 /// Keeps the Lease present and renewed until the task is dropped, and rewrites it at once
-/// when the interface MACs on `macs` change. API errors are logged and retried next
-/// period; they never affect announcing (fail-static).
+/// when the interface MACs on `macs` or the unhealthy Services on `unhealthy` change (a
+/// closed `unhealthy` channel, as with `--kube-proxy-health-check=false`, publishes none).
+/// API errors are logged and retried next period; they never affect announcing
+/// (fail-static).
 pub fn spawn(
     client: Client,
     namespace: String,
     node: String,
     published: Published,
     mut macs: watch::Receiver<BTreeSet<MacAddr>>,
+    mut unhealthy: watch::Receiver<BTreeSet<String>>,
     renew: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -109,7 +127,10 @@ pub fn spawn(
                 .ok()
                 .flatten()
                 .and_then(|n| n.metadata.uid);
-            let current = macs.borrow_and_update().clone();
+            let current = Dynamic {
+                macs: macs.borrow_and_update().clone(),
+                unhealthy: unhealthy.borrow_and_update().clone(),
+            };
             let mut want = lease(&node, uid, published, &current, renew, Timestamp::now());
             let r = match leases.get_opt(&name).await {
                 Ok(Some(cur)) => {
@@ -130,6 +151,7 @@ pub fn spawn(
             tokio::select! {
                 _ = tokio::time::sleep(renew) => {}
                 Ok(()) = macs.changed() => {}
+                Ok(()) = unhealthy.changed() => {}
             }
         }
     })
@@ -148,14 +170,27 @@ mod tests {
             pubkey,
         };
         let macs = BTreeSet::from([MacAddr::new(2, 0, 0, 0, 0, 0x11)]);
+        let dynamic = Dynamic {
+            macs: macs.clone(),
+            unhealthy: BTreeSet::new(),
+        };
         let l = lease(
             "node1",
             Some("u1".into()),
             published,
-            &macs,
+            &dynamic,
             Duration::from_secs(30),
             Timestamp::UNIX_EPOCH,
         );
+        assert!(
+            !l.metadata
+                .annotations
+                .as_ref()
+                .unwrap()
+                .contains_key(UNHEALTHY_SERVICES_ANNOTATION),
+            "absent when every check passes"
+        );
+        assert_eq!(crate::world::unhealthy(&l), None);
         assert_eq!(
             crate::world::fleet([&l], "node2", &BTreeSet::new()).macs,
             macs,
@@ -175,5 +210,35 @@ mod tests {
         );
         assert_eq!(l.metadata.owner_references.unwrap()[0].uid, "u1");
         assert_eq!(l.spec.unwrap().lease_duration_seconds, Some(90));
+    }
+
+    #[test]
+    fn lease_publishes_the_unhealthy_services_sorted_for_peers() {
+        let published = Published {
+            heartbeat: "198.51.100.11:7473".parse().unwrap(),
+            incarnation: 7,
+            pubkey: crate::liveness::SigningKey::from_bytes(&[5; 32]).verifying_key(),
+        };
+        let unhealthy: BTreeSet<String> = ["ns/web", "a/db"].map(String::from).into();
+        let dynamic = Dynamic {
+            unhealthy: unhealthy.clone(),
+            ..Default::default()
+        };
+        let l = lease(
+            "node1",
+            None,
+            published,
+            &dynamic,
+            Duration::from_secs(30),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(
+            l.metadata.annotations.as_ref().unwrap()[UNHEALTHY_SERVICES_ANNOTATION],
+            "a/db,ns/web"
+        );
+        assert_eq!(
+            crate::world::unhealthy(&l),
+            Some(("node1".into(), unhealthy))
+        );
     }
 }

@@ -7,7 +7,8 @@
 //!     Services with accepted externalIPs: ferrolb_crds::external_ips, judged in cache.rs)
 //!     kept on arrival as LbService (LoadBalancers and Services with externalIPs only)
 //!     + SliceSummary (every slice)
-//!   Lease (ferrolb-speaker-<node>) ──▶ peer heartbeat address, incarnation, public key
+//!   Lease (ferrolb-speaker-<node>) ──▶ peer heartbeat address, incarnation, public key,
+//!     MACs, and the Local Services failing its node's kube-proxy health check
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,6 +42,15 @@ pub const PUBKEY_ANNOTATION: &str = "ferrolb.io/heartbeat-pubkey";
 /// ascending), so that peers tell a FerroLB node's ARP/NDP from another host's (address
 /// conflict detection, `dataplane::conflict`).
 pub const MACS_ANNOTATION: &str = "ferrolb.io/macs";
+/// Annotation on a speaker's Lease: the `ns/name` of the Local Services whose kube-proxy
+/// health check fails on its node (sorted, comma-separated; absent when none). In the
+/// Lease rather than the heartbeat datagram: no wire-format change, and every speaker
+/// learns it with the same API latency as the EndpointSlices Local eligibility already
+/// rests on, so all rank from the same facts (crate::health).
+pub const UNHEALTHY_SERVICES_ANNOTATION: &str = "ferrolb.io/unhealthy-services";
+/// Annotation on a Service: `"false"` turns the kube-proxy health check off for it (its
+/// nodes stay eligible while their check fails).
+pub const HEALTH_CHECK_ANNOTATION: &str = "ferrolb.io/health-check";
 /// Prefix of every speaker Lease name; the rest is the node name.
 pub const LEASE_PREFIX: &str = "ferrolb-speaker-";
 /// The EndpointSlice label naming its Service.
@@ -195,7 +205,17 @@ pub fn service<'a>(
         local,
         serving_nodes,
         has_serving_endpoints,
+        ignore_health_check: health_check_off(s),
     })
+}
+
+/// The Service opts out of the kube-proxy health check ([`HEALTH_CHECK_ANNOTATION`]).
+pub fn health_check_off(s: &K8sService) -> bool {
+    s.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(HEALTH_CHECK_ANNOTATION))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"))
 }
 
 // The kept forms: what the speaker's caches hold instead of the watched objects, converted
@@ -363,6 +383,10 @@ pub struct LbService {
     pub local: bool,
     /// `spec.externalIPs` that parse, sorted, each once (announced only once accepted).
     pub external_ips: Vec<IpAddr>,
+    /// `spec.healthCheckNodePort`: where kube-proxy answers this Service's health check.
+    pub health_check_node_port: Option<u16>,
+    /// [`HEALTH_CHECK_ANNOTATION`] is `"false"`.
+    pub ignore_health_check: bool,
 }
 
 /// What is kept of a Service: `None` unless it is `type: LoadBalancer` (of any class) or
@@ -394,6 +418,11 @@ pub fn lb_service(s: &K8sService) -> Option<LbService> {
             .collect(),
         local: spec.external_traffic_policy.as_deref() == Some("Local"),
         external_ips,
+        health_check_node_port: spec
+            .health_check_node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0),
+        ignore_health_check: health_check_off(s),
     })
 }
 
@@ -489,6 +518,7 @@ impl LbService {
             local: self.local,
             serving_nodes,
             has_serving_endpoints,
+            ignore_health_check: self.ignore_health_check,
         })
     }
 }
@@ -612,6 +642,30 @@ pub fn fleet<'a>(
         }
     }
     fleet
+}
+
+/// The value of [`UNHEALTHY_SERVICES_ANNOTATION`] for `keys` (`None` when there are none:
+/// the annotation is left out).
+pub fn encode_unhealthy(keys: &BTreeSet<String>) -> Option<String> {
+    (!keys.is_empty()).then(|| keys.iter().cloned().collect::<Vec<_>>().join(","))
+}
+
+/// The Services a speaker Lease publishes unhealthy on its node ([`UNHEALTHY_SERVICES_ANNOTATION`]);
+/// `None` for a Lease that is no speaker's, or that publishes none.
+pub fn unhealthy(lease: &Lease) -> Option<(String, BTreeSet<String>)> {
+    let node = name(lease).strip_prefix(LEASE_PREFIX)?.to_owned();
+    let value = lease
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(UNHEALTHY_SERVICES_ANNOTATION)?;
+    let keys: BTreeSet<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (!keys.is_empty()).then_some((node, keys))
 }
 
 /// The heartbeat peers (every speaker Lease but our own).
@@ -760,6 +814,63 @@ mod tests {
         )
         .unwrap();
         assert!(!s.has_serving_endpoints);
+    }
+
+    #[test]
+    fn the_health_check_opt_out_and_port_are_kept() {
+        let class = "ferrolb.io/ferrolb";
+        for (value, off) in [
+            (None, false),
+            (Some("false"), true),
+            (Some(" False "), true),
+            (Some("true"), false),
+            (Some("no"), false),
+        ] {
+            let mut s = lb_service(&["203.0.113.1"], true);
+            s.metadata.annotations = value
+                .map(|v| BTreeMap::from([(HEALTH_CHECK_ANNOTATION.to_string(), v.to_string())]));
+            s.spec.as_mut().unwrap().health_check_node_port = Some(30_123);
+            let kept = super::lb_service(&s).unwrap();
+            assert_eq!(kept.ignore_health_check, off, "{value:?}");
+            assert_eq!(kept.health_check_node_port, Some(30_123));
+            let core = service(&s, class, [], &[]).unwrap();
+            assert_eq!(core.ignore_health_check, off, "{value:?}");
+            assert_eq!(
+                kept.to_core(class, &LabelKeys::default(), [], &[]),
+                Some(core)
+            );
+        }
+        let mut s = lb_service(&["203.0.113.1"], true);
+        for bad in [0, 70_000, -1] {
+            s.spec.as_mut().unwrap().health_check_node_port = Some(bad);
+            assert_eq!(
+                super::lb_service(&s).unwrap().health_check_node_port,
+                None,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn unhealthy_services_are_read_from_speaker_leases_only() {
+        let mk = |name: &str, value: Option<&str>| {
+            let mut l = Lease::default();
+            l.metadata.name = Some(name.into());
+            l.metadata.annotations = value.map(|v| {
+                BTreeMap::from([(UNHEALTHY_SERVICES_ANNOTATION.to_string(), v.to_string())])
+            });
+            l
+        };
+        let keys: BTreeSet<String> = ["a/x".to_string(), "b/y".to_string()].into();
+        assert_eq!(encode_unhealthy(&keys).as_deref(), Some("a/x,b/y"));
+        assert_eq!(encode_unhealthy(&BTreeSet::new()), None);
+        assert_eq!(
+            unhealthy(&mk("ferrolb-speaker-n1", Some("b/y, a/x,"))),
+            Some(("n1".into(), keys))
+        );
+        assert_eq!(unhealthy(&mk("ferrolb-speaker-n1", Some(""))), None);
+        assert_eq!(unhealthy(&mk("ferrolb-speaker-n1", None)), None);
+        assert_eq!(unhealthy(&mk("ferrolb-controller", Some("a/x"))), None);
     }
 
     #[test]

@@ -86,6 +86,8 @@ struct NodeInfo<'w> {
     /// Checks that depend on the node alone.
     status: Result<(), NodeExclusion>,
     prefix: Fnv,
+    /// The Local Services whose kube-proxy health check fails on this node.
+    unhealthy: Option<&'w BTreeSet<String>>,
 }
 
 /// An active (Service, IP) pair and the set of advertisements that cover it.
@@ -254,6 +256,7 @@ fn context(world: &World) -> Ctx<'_> {
                 speaker,
                 status,
                 prefix: node_prefix(name),
+                unhealthy: world.unhealthy.get(name).filter(|s| !s.is_empty()),
             }
         })
         .collect();
@@ -367,8 +370,16 @@ fn elect(
         if let Err(e) = views.per_node[p.view][n] {
             return Some(e);
         }
-        (p.svc.local && !p.svc.serving_nodes.contains(ctx.nodes[n].name))
-            .then_some(NodeExclusion::NoLocalEndpoint)
+        if !p.svc.local {
+            return None;
+        }
+        let node = &ctx.nodes[n];
+        if !p.svc.serving_nodes.contains(node.name) {
+            return Some(NodeExclusion::NoLocalEndpoint);
+        }
+        let failing =
+            !p.svc.ignore_health_check && node.unhealthy.is_some_and(|s| s.contains(&p.svc.key));
+        failing.then_some(NodeExclusion::NoHealthyEndpoint)
     };
     let winner = (0..ctx.nodes.len())
         .filter(|&n| group.iter().all(|&p| exclusion(&pairs[p], n).is_none()))

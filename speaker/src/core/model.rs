@@ -2,9 +2,9 @@
 //!
 //! ```text
 //!   Node, Lease/liveness, L2Advertisement, IPAddressPool, Service + EndpointSlices
-//!        │ glue converts (validated selectors, parsed addresses)
+//!        │ glue converts (validated selectors, parsed addresses, unhealthy Service sets)
 //!        ▼
-//!   World { nodes, speakers, advertisements, pools, services }  ──▶  election::desired
+//!   World { nodes, speakers, advertisements, pools, services, unhealthy }  ──▶  election::desired
 //! ```
 //!
 //! Every map is keyed by the object's name (`ns/name` for Services); use the `apply_*` /
@@ -133,6 +133,9 @@ pub struct Service {
     pub serving_nodes: BTreeSet<String>,
     /// At least one serving endpoint exists anywhere; without one nothing is announced.
     pub has_serving_endpoints: bool,
+    /// `ferrolb.io/health-check: "false"`: a node's failing kube-proxy health check
+    /// ([`World::unhealthy`]) does not make it ineligible for this Service.
+    pub ignore_health_check: bool,
 }
 
 /// Everything election reads; the glue keeps it current from watches.
@@ -150,6 +153,9 @@ pub struct World {
     pub services: BTreeMap<String, Service>,
     /// `--ignore-exclude-lb`: announce from nodes carrying [`EXCLUDE_LB_LABEL`] too.
     pub ignore_exclude_lb: bool,
+    /// Per node, the `ns/name` of the Local Services whose kube-proxy health check fails
+    /// there (published by each speaker in its Lease): such a node is not eligible for them.
+    pub unhealthy: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl World {

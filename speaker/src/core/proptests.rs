@@ -43,6 +43,8 @@ struct Objects {
     advertisements: Vec<Advertisement>,
     services: Vec<Service>,
     ignore_exclude_lb: bool,
+    /// Per node, the Services whose kube-proxy health check fails there.
+    unhealthy: BTreeMap<String, BTreeSet<String>>,
 }
 
 fn node_strategy(name: &'static str) -> impl Strategy<Value = (Option<Node>, Option<Speaker>)> {
@@ -144,18 +146,22 @@ fn svc_strategy(i: usize) -> impl Strategy<Value = Service> {
         prop::bool::ANY,
         0..32u8,
         prop::bool::weighted(0.85),
+        prop::bool::weighted(0.2),
     )
-        .prop_map(move |(ips, app_x, local, serving, has_eps)| Service {
-            key: format!("ns/s{i}"),
-            labels: labels(&[("app", if app_x { "x" } else { "y" })]),
-            ips: ips.into_iter().map(|k| ip(IPS[k])).collect(),
-            local,
-            serving_nodes: pick(&NODES, serving)
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            has_serving_endpoints: has_eps,
-        })
+        .prop_map(
+            move |(ips, app_x, local, serving, has_eps, ignore_hc)| Service {
+                key: format!("ns/s{i}"),
+                labels: labels(&[("app", if app_x { "x" } else { "y" })]),
+                ips: ips.into_iter().map(|k| ip(IPS[k])).collect(),
+                local,
+                serving_nodes: pick(&NODES, serving)
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                has_serving_endpoints: has_eps,
+                ignore_health_check: ignore_hc,
+            },
+        )
 }
 
 fn objects() -> impl Strategy<Value = Objects> {
@@ -168,9 +174,11 @@ fn objects() -> impl Strategy<Value = Objects> {
         advs,
         svcs,
         prop::bool::weighted(0.2),
+        // Per node, a mask of the Service indices failing there (mostly none).
+        prop::collection::vec(prop::option::weighted(0.3, 0..128u8), NODES.len()),
     )
         .prop_map(
-            |(nodes, pools, advertisements, services, ignore_exclude_lb)| {
+            |(nodes, pools, advertisements, services, ignore_exclude_lb, masks)| {
                 let (nodes, speakers): (Vec<_>, Vec<_>) = nodes.into_iter().unzip();
                 Objects {
                     nodes: nodes.into_iter().flatten().collect(),
@@ -179,6 +187,15 @@ fn objects() -> impl Strategy<Value = Objects> {
                     advertisements,
                     services,
                     ignore_exclude_lb,
+                    unhealthy: NODES
+                        .iter()
+                        .zip(masks)
+                        .filter_map(|(n, m)| {
+                            let m = m?;
+                            let keys = (0..7).filter(move |i| m & (1 << i) != 0);
+                            Some((n.to_string(), keys.map(|i| format!("ns/s{i}")).collect()))
+                        })
+                        .collect(),
                 }
             },
         )
@@ -235,6 +252,7 @@ fn build(objs: &Objects, seed: u64) -> World {
 
     let mut w = World {
         ignore_exclude_lb: o.ignore_exclude_lb,
+        unhealthy: o.unhealthy.clone(),
         ..Default::default()
     };
     let stale = rng.next().is_multiple_of(2);
@@ -291,6 +309,9 @@ fn eligible(w: &World, s: &Service, addr: IpAddr, node: &str) -> Option<BTreeSet
     if n.network_unavailable
         || (!w.ignore_exclude_lb && n.labels.contains_key(EXCLUDE_LB_LABEL))
         || (s.local && !s.serving_nodes.contains(node))
+        || (s.local
+            && !s.ignore_health_check
+            && w.unhealthy.get(node).is_some_and(|u| u.contains(&s.key)))
     {
         return None;
     }

@@ -141,6 +141,9 @@ pub enum NodeExclusion {
     NoAllowedInterface,
     /// `externalTrafficPolicy: Local` and the node hosts no serving endpoint.
     NoLocalEndpoint,
+    /// `externalTrafficPolicy: Local` and the node's kube-proxy health check for the
+    /// Service fails (its speaker publishes it unhealthy): the endpoint is not reachable there.
+    NoHealthyEndpoint,
 }
 
 impl NodeExclusion {
@@ -153,6 +156,7 @@ impl NodeExclusion {
             NodeExclusion::NotSelected => "not selected by nodeSelectors",
             NodeExclusion::NoAllowedInterface => "no allowed usable interface",
             NodeExclusion::NoLocalEndpoint => "no local serving endpoint",
+            NodeExclusion::NoHealthyEndpoint => "kube-proxy health check failing",
         }
     }
 }

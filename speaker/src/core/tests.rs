@@ -69,6 +69,7 @@ pub(super) fn mk_svc(key: &str, ips: &[&str]) -> Service {
         local: false,
         serving_nodes: set(&["a", "b", "c"]),
         has_serving_endpoints: true,
+        ignore_health_check: false,
     }
 }
 
@@ -276,6 +277,54 @@ fn each_rule_in_isolation() {
             announce("a", both),
         ),
         (
+            "Local, endpoint on the node, its health check failing",
+            |w| {
+                let s = svc_mut(w);
+                s.local = true;
+                s.serving_nodes = set(&["a"]);
+                w.unhealthy.insert("a".into(), set(&["ns/s"]));
+            },
+            excluded(&[("a", NoHealthyEndpoint)]),
+        ),
+        (
+            "Local, no endpoint and the check failing: the endpoint reason first",
+            |w| {
+                let s = svc_mut(w);
+                s.local = true;
+                s.serving_nodes = set(&["b"]);
+                w.unhealthy.insert("a".into(), set(&["ns/s"]));
+            },
+            excluded(&[("a", NoLocalEndpoint)]),
+        ),
+        (
+            "Local, another Service's health check failing",
+            |w| {
+                let s = svc_mut(w);
+                s.local = true;
+                s.serving_nodes = set(&["a"]);
+                w.unhealthy.insert("a".into(), set(&["ns/other"]));
+            },
+            announce("a", both),
+        ),
+        (
+            "Local, health check opted out",
+            |w| {
+                let s = svc_mut(w);
+                s.local = true;
+                s.serving_nodes = set(&["a"]);
+                s.ignore_health_check = true;
+                w.unhealthy.insert("a".into(), set(&["ns/s"]));
+            },
+            announce("a", both),
+        ),
+        (
+            "Cluster ignores the health check",
+            |w| {
+                w.unhealthy.insert("a".into(), set(&["ns/s"]));
+            },
+            announce("a", both),
+        ),
+        (
             "Cluster ignores where endpoints are",
             |w| svc_mut(w).serving_nodes = set(&["b"]),
             announce("a", both),
@@ -323,6 +372,76 @@ fn three_node_world() -> World {
     w.apply_speaker(mk_speaker("b", &["eth0", "eth1"]));
     w.apply_speaker(mk_speaker("c", &["eth0", "eth1"]));
     w
+}
+
+/// A node whose kube-proxy health check fails for a Local Service loses its IPs to the
+/// next-ranked healthy node with a local endpoint, and gets them back once it publishes
+/// the Service healthy again; opt-out and Cluster Services stay where they are.
+#[test]
+fn a_node_failing_the_health_check_loses_the_ip_to_a_healthy_node() {
+    let mut w = three_node_world();
+    let s = svc_mut(&mut w);
+    s.local = true;
+    s.serving_nodes = set(&["a", "b"]);
+    let svc_ip = s.ips[0];
+    let first = desired(&w)
+        .get(svc_ip)
+        .and_then(|d| d.announcer().map(String::from));
+    let first = first.expect("announced");
+    let other = if first == "a" { "b" } else { "a" };
+
+    let mut failing = w.clone();
+    failing.unhealthy.insert(first.clone(), set(&["ns/s"]));
+    assert_eq!(
+        desired(&failing).get(svc_ip).and_then(|d| d.announcer()),
+        Some(other),
+        "moves to the healthy node with an endpoint, never to c (no endpoint)"
+    );
+
+    failing.unhealthy.insert(other.into(), set(&["ns/s"]));
+    assert_eq!(
+        desired(&failing).get(svc_ip),
+        Some(&excluded(&[
+            ("a", NodeExclusion::NoHealthyEndpoint),
+            ("b", NodeExclusion::NoHealthyEndpoint),
+            ("c", NodeExclusion::NoLocalEndpoint),
+        ])),
+        "nobody healthy: not announced, and the message says why"
+    );
+    let table = desired(&failing);
+    assert!(
+        table
+            .get(svc_ip)
+            .unwrap()
+            .to_string()
+            .contains("kube-proxy health check failing"),
+        "{}",
+        table.get(svc_ip).unwrap()
+    );
+
+    let mut opted_out = failing.clone();
+    svc_mut(&mut opted_out).ignore_health_check = true;
+    assert_eq!(
+        desired(&opted_out).get(svc_ip).and_then(|d| d.announcer()),
+        Some(first.as_str()),
+        "opt-out: the check does not count"
+    );
+    let mut cluster = failing.clone();
+    svc_mut(&mut cluster).local = false;
+    let mut healthy_cluster = w.clone();
+    svc_mut(&mut healthy_cluster).local = false;
+    assert_eq!(
+        desired(&cluster),
+        desired(&healthy_cluster),
+        "Cluster policy: the check does not count"
+    );
+
+    failing.unhealthy.clear();
+    assert_eq!(
+        desired(&failing).get(svc_ip).and_then(|d| d.announcer()),
+        Some(first.as_str()),
+        "back once healthy"
+    );
 }
 
 #[test]
