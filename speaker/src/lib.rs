@@ -143,8 +143,9 @@ pub async fn run(
         unhealthy_rx,
         config.lease_renew,
     );
-    // IPs another host uses: reported (status::with_conflicts), not announced.
-    let mut conflicts = plane.conflicts();
+    // IPs not answered (another host uses them, or probing first): reported so
+    // (status::withheld), not announced.
+    let mut withheld = plane.withheld();
 
     // Each object is converted to what the speaker keeps of it as it arrives (cache.rs):
     // no watched object is held whole, not even while a re-list is buffered. Small list
@@ -262,9 +263,9 @@ pub async fn run(
                 report_links.borrow_and_update();
                 relink = true;
             }
-            Ok(()) = conflicts.changed() => {
-                let withheld = conflicts.borrow_and_update().keys().copied().collect();
-                metrics.set_withheld(withheld);
+            Ok(()) = withheld.changed() => {
+                let w = withheld.borrow_and_update();
+                metrics.set_withheld(w.conflicts.keys().chain(w.probing.keys()).copied().collect());
                 relink = true;
             }
             Ok(()) = answer_rx.changed() => {
@@ -390,7 +391,7 @@ pub async fn run(
         }
         if relink && let Some(report) = &last_report {
             let narrowed = status::on_link(report.clone(), &me, &report_links.borrow());
-            let narrowed = status::with_conflicts(narrowed, &me, &conflicts.borrow());
+            let narrowed = status::withheld(narrowed, &me, &withheld.borrow());
             report_tx.send_if_modified(|old| std::mem::replace(old, narrowed.clone()) != narrowed);
         }
     }

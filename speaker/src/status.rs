@@ -133,34 +133,111 @@ pub fn on_link(
 
 pub use ferrolb_crds::conditions::ADDRESS_CONFLICT;
 
-/// `report` with the IPs `me` wins but withholds because another host uses them
-/// ([`crate::dataplane::Conflicts`]) marked so: no announcer, reason [`ADDRESS_CONFLICT`],
-/// and a message naming the other host's MAC. The controller then says so on the Service.
-pub fn with_conflicts(
-    mut report: NodeAnnouncementSpec,
+/// Reason of an IP `me` wins and probes for before its first announcement (while a
+/// Service with another IP announced still lists it).
+pub const PROBING: &str = "Probing";
+
+/// Reason of an IP `me` wins but holds back for a warm-up while a peer joins its heartbeat
+/// group (step.rs), when a Service with another IP announced still lists it.
+pub const WAITING: &str = "WaitingForPeer";
+
+/// `report` with the IPs `me` wins but does not answer for ([`crate::dataplane::Withheld`])
+/// marked so. An IP another host uses: no announcer, reason [`ADDRESS_CONFLICT`], and a
+/// message naming the other host's MAC (the controller then says so on the Service). An IP
+/// still probed for before its first announcement: not claimed either, and a Service left
+/// with nothing this node announces is not reported until the probe ends (a new Service's
+/// condition then says Announced once, when it is, instead of before).
+pub fn withheld(
+    report: NodeAnnouncementSpec,
     me: &str,
-    conflicts: &crate::dataplane::Conflicts,
+    withheld: &crate::dataplane::Withheld,
 ) -> NodeAnnouncementSpec {
-    if conflicts.is_empty() {
+    if withheld.conflicts.is_empty() && withheld.probing.is_empty() {
         return report;
     }
+    not_yet(report, me, |addr| {
+        if let Some(c) = withheld.conflicts.get(&addr) {
+            return Some(Mark::Final(
+                ADDRESS_CONFLICT,
+                format!(
+                    "{addr} is in use by another host: {} claims it (seen by {me} on {}; not \
+                     a FerroLB node); not announced until it is free",
+                    c.mac, c.iface
+                ),
+            ));
+        }
+        withheld.probing.contains_key(&addr).then(|| {
+            Mark::Pending(
+                PROBING,
+                format!("{addr}: {me} probes whether another host uses it before announcing it"),
+            )
+        })
+    })
+}
+
+/// `report` with the IPs `me` wins but holds back (`held`: a peer joined its heartbeat
+/// group and is waited for) not claimed, like IPs still probed for.
+pub fn held_back(
+    report: NodeAnnouncementSpec,
+    me: &str,
+    held: &std::collections::BTreeSet<IpAddr>,
+) -> NodeAnnouncementSpec {
+    if held.is_empty() {
+        return report;
+    }
+    not_yet(report, me, |addr| {
+        held.contains(&addr).then(|| {
+            Mark::Pending(
+                WAITING,
+                format!("{addr}: {me} waits a warm-up for a peer that joined its group"),
+            )
+        })
+    })
+}
+
+/// How an IP this node wins but does not answer for is reported.
+enum Mark {
+    /// Not announced, for the reason and message given.
+    Final(&'static str, String),
+    /// Not announced yet: a Service with nothing else this node announces is left out of
+    /// the report (the controller keeps its condition as it is) until it is.
+    Pending(&'static str, String),
+}
+
+fn not_yet(
+    mut report: NodeAnnouncementSpec,
+    me: &str,
+    mark: impl Fn(IpAddr) -> Option<Mark>,
+) -> NodeAnnouncementSpec {
+    let mut pending = false;
     for ip in report.services.iter_mut().flat_map(|s| s.ips.iter_mut()) {
         let Ok(addr) = ip.ip.parse::<IpAddr>() else {
             continue;
         };
-        if let (Some(c), Some(me)) = (
-            conflicts.get(&addr),
-            ip.node.as_deref().filter(|n| *n == me),
-        ) {
-            ip.message = Some(format!(
-                "{addr} is in use by another host: {} claims it (seen by {me} on {}; not a \
-                 FerroLB node); not announced until it is free",
-                c.mac, c.iface
-            ));
-            ip.node = None;
-            ip.interfaces.clear();
-            ip.reason = Some(ADDRESS_CONFLICT.to_owned());
+        if ip.node.as_deref() != Some(me) {
+            continue;
         }
+        let (reason, message) = match mark(addr) {
+            Some(Mark::Final(r, m)) => (r, m),
+            Some(Mark::Pending(r, m)) => {
+                pending = true;
+                (r, m)
+            }
+            None => continue,
+        };
+        ip.reason = Some(reason.to_owned());
+        ip.message = Some(message);
+        ip.node = None;
+        ip.interfaces.clear();
+    }
+    if pending {
+        report.services.retain(|s| {
+            let waits = s
+                .ips
+                .iter()
+                .any(|i| matches!(i.reason.as_deref(), Some(PROBING | WAITING)));
+            !waits || s.ips.iter().any(|i| i.node.as_deref() == Some(me))
+        });
     }
     report
 }
@@ -346,15 +423,18 @@ mod tests {
         });
         let table = core::desired(&w);
         let r = report(&table, "n1", Some(ALL), 1, None, &Map::new());
-        let conflicts = crate::dataplane::Conflicts::from([(
-            "203.0.113.5".parse().unwrap(),
-            crate::dataplane::Conflict {
-                mac: crate::wire::MacAddr::new(2, 0, 0, 0, 0, 0x99),
-                iface: "eth0".into(),
-                since: std::time::Instant::now(),
-            },
-        )]);
-        let marked = with_conflicts(r.clone(), "n1", &conflicts);
+        let held = crate::dataplane::Withheld {
+            conflicts: crate::dataplane::Conflicts::from([(
+                "203.0.113.5".parse().unwrap(),
+                crate::dataplane::Conflict {
+                    mac: crate::wire::MacAddr::new(2, 0, 0, 0, 0, 0x99),
+                    iface: "eth0".into(),
+                    since: std::time::Instant::now(),
+                },
+            )]),
+            ..Default::default()
+        };
+        let marked = withheld(r.clone(), "n1", &held);
         let ips = &marked.services[0].ips;
         let hit = ips.iter().find(|i| i.ip == "203.0.113.5").unwrap();
         assert_eq!(hit.node, None);
@@ -372,8 +452,39 @@ mod tests {
             "the other IP stays announced"
         );
         // Only our own entries: a report of another node is left alone.
-        assert_eq!(with_conflicts(r.clone(), "n2", &conflicts), r);
-        assert_eq!(with_conflicts(r.clone(), "n1", &Default::default()), r);
+        assert_eq!(withheld(r.clone(), "n2", &held), r);
+        assert_eq!(withheld(r.clone(), "n1", &Default::default()), r);
+    }
+
+    #[test]
+    fn a_service_still_probed_for_is_not_reported_as_announced() {
+        let mut w = world(&["n1"], &["203.0.113.5", "203.0.113.200"], true);
+        w.apply_speaker(core::Speaker {
+            node: "n1".into(),
+            interfaces: BTreeSet::from(["eth0".to_string()]),
+            settling: false,
+        });
+        let table = core::desired(&w);
+        let r = report(&table, "n1", Some(ALL), 1, None, &Map::new());
+        let probing = |ips: &[&str]| crate::dataplane::Withheld {
+            probing: ips
+                .iter()
+                .map(|ip| (ip.parse().unwrap(), "eth0".to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        // Both IPs probed for: the Service is not reported until the probe ends.
+        let both = withheld(r.clone(), "n1", &probing(&["203.0.113.5", "203.0.113.200"]));
+        assert!(both.services.is_empty(), "{both:?}");
+        // One of two: the announced one is claimed, the other says it is probed for.
+        let one = withheld(r.clone(), "n1", &probing(&["203.0.113.5"]));
+        let ips = &one.services[0].ips;
+        assert_eq!(ips.iter().filter(|i| i.node.is_some()).count(), 1);
+        let p = ips.iter().find(|i| i.ip == "203.0.113.5").unwrap();
+        assert_eq!(
+            (p.node.as_deref(), p.reason.as_deref()),
+            (None, Some(PROBING))
+        );
     }
 
     #[test]

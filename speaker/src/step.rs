@@ -185,8 +185,17 @@ impl Decider {
 
         let table = core::desired(world);
         let mut local = core::local_announcements(&table, &self.me);
+        // IPs the table gives us that we hold back while a peer joins: not claimed in the
+        // report either (status::held_back).
+        let mut held = BTreeSet::new();
         if !self.joined.is_empty() {
-            local.retain(|ip, _| self.announced.contains_key(ip));
+            local.retain(|ip, _| {
+                let keep = self.announced.contains_key(ip);
+                if !keep {
+                    held.insert(*ip);
+                }
+                keep
+            });
         }
         if local != self.announced {
             out.gained = local
@@ -213,11 +222,15 @@ impl Decider {
             out.announce = Some(local);
         }
         out.announce_again = rejoined && !self.announced.is_empty();
+        // Announced somewhere: by a peer, as the table says, or by us, as we really do (the
+        // table may name us for an IP we hold back while a peer joins our scope).
         self.had_announcer = Some(
             table
                 .ips()
                 .iter()
-                .filter(|(_, d)| d.announcer().is_some())
+                .filter(|(ip, d)| {
+                    d.announcer().is_some_and(|n| n != self.me) || self.announced.contains_key(*ip)
+                })
                 .map(|(ip, _)| *ip)
                 .collect(),
         );
@@ -256,6 +269,7 @@ impl Decider {
             i.not_serving,
             &down,
         );
+        let report = status::held_back(report, &self.me, &held);
         if self.reported.as_ref() != Some(&report) {
             self.reported = Some(report.clone());
             out.report = Some(report);

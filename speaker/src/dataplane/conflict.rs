@@ -423,6 +423,15 @@ impl Detector {
             .collect()
     }
 
+    /// IPs probed for before their first announcement (not answered yet, no conflict).
+    pub fn probing(&self) -> BTreeSet<IpAddr> {
+        self.ips
+            .iter()
+            .filter(|(_, p)| matches!(p, Phase::Probing(_)))
+            .map(|(ip, _)| *ip)
+            .collect()
+    }
+
     /// Whether `ip` is answered now.
     pub fn answers(&self, ip: IpAddr) -> bool {
         matches!(self.ips.get(&ip), Some(Phase::Announcing { .. }))

@@ -19,7 +19,8 @@
 //! and subnet narrowing, [`socket::responder_filter`]); this module only owns threads and
 //! sockets. An IP no FerroLB node announced before is probed for first (RFC 5227 / DAD) and
 //! answered only if no other host uses it; a takeover is announced at once and probed
-//! alongside ([`conflict`]). IPs another host uses are listed by [`DataPlane::conflicts`].
+//! alongside ([`conflict`]). IPs not answered for either reason are listed by
+//! [`DataPlane::withheld`].
 //! Withdrawn IPs stop being answered as soon as `set_announcements` returns; dropping the
 //! [`DataPlane`] stops every worker within one poll interval (50 ms by default).
 
@@ -218,13 +219,22 @@ pub struct Conflict {
 /// Every IP this node withholds because another host uses it.
 pub type Conflicts = BTreeMap<IpAddr, Conflict>;
 
+/// The IPs this node is to announce but does not answer for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Withheld {
+    /// Another host uses them.
+    pub conflicts: Conflicts,
+    /// Probed for before their first announcement, with the interface probing.
+    pub probing: BTreeMap<IpAddr, String>,
+}
+
 /// State shared by the handle and every worker.
 #[derive(Debug)]
 struct Shared {
     counters: Counters,
     answers: RwLock<Arc<AnnounceSet>>,
     fleet: RwLock<Arc<Fleet>>,
-    conflicts: tokio::sync::watch::Sender<Conflicts>,
+    withheld: tokio::sync::watch::Sender<Withheld>,
 }
 
 impl Default for Shared {
@@ -233,7 +243,7 @@ impl Default for Shared {
             counters: Counters::default(),
             answers: RwLock::default(),
             fleet: RwLock::default(),
-            conflicts: tokio::sync::watch::Sender::new(Conflicts::new()),
+            withheld: tokio::sync::watch::Sender::new(Withheld::default()),
         }
     }
 }
@@ -253,15 +263,39 @@ impl Shared {
             .clone()
     }
 
-    /// Forgets the conflicts `iface` reported for `ips` (`None`: for any IP of `family`).
+    /// Forgets the conflicts `iface` reported for `ips` (`None`: for any IP of `family`,
+    /// and its probes too: the worker stopped).
     fn clear_conflicts(&self, iface: &str, family: Family, ips: Option<&BTreeSet<IpAddr>>) {
-        self.conflicts.send_if_modified(|c| {
-            let before = c.len();
-            c.retain(|ip, x| {
-                let of_family = ip.is_ipv4() == (family == Family::V4);
-                !(x.iface == iface && of_family && ips.is_none_or(|s| s.contains(ip)))
+        let of_family = |ip: &IpAddr| ip.is_ipv4() == (family == Family::V4);
+        self.withheld.send_if_modified(|w| {
+            let before = (w.conflicts.len(), w.probing.len());
+            w.conflicts.retain(|ip, x| {
+                !(x.iface == iface && of_family(ip) && ips.is_none_or(|s| s.contains(ip)))
             });
-            c.len() != before
+            if ips.is_none() {
+                w.probing.retain(|ip, i| !(i == iface && of_family(ip)));
+            }
+            (w.conflicts.len(), w.probing.len()) != before
+        });
+    }
+
+    /// Sets the IPs of `family` that `iface` probes for.
+    fn set_probing(&self, iface: &str, family: Family, probing: BTreeSet<IpAddr>) {
+        let of_family = |ip: &IpAddr| ip.is_ipv4() == (family == Family::V4);
+        self.withheld.send_if_modified(|w| {
+            let old: BTreeSet<IpAddr> = w
+                .probing
+                .iter()
+                .filter(|(ip, i)| *i == iface && of_family(ip))
+                .map(|(ip, _)| *ip)
+                .collect();
+            if old == probing {
+                return false;
+            }
+            w.probing.retain(|ip, i| !(i == iface && of_family(ip)));
+            w.probing
+                .extend(probing.into_iter().map(|ip| (ip, iface.to_owned())));
+            true
         });
     }
 }
@@ -346,9 +380,16 @@ impl WorkerShared {
 
     /// Carries out what conflict detection decided, then sends its frames (outside the
     /// state lock). Withheld IPs are updated before any frame leaves: an announcement is
-    /// answered as soon as it is out.
-    fn act(&self, mut st: MutexGuard<'_, WorkerState>, outs: Vec<Out>, shared: &Shared) {
-        if outs.is_empty() {
+    /// answered as soon as it is out. With no `outs` nothing changed, unless `sync` added
+    /// or removed IPs (`changed`).
+    fn act(
+        &self,
+        mut st: MutexGuard<'_, WorkerState>,
+        outs: Vec<Out>,
+        shared: &Shared,
+        changed: bool,
+    ) {
+        if outs.is_empty() && !changed {
             return;
         }
         let now = Instant::now();
@@ -371,9 +412,9 @@ impl WorkerShared {
                         iface: self.name.clone(),
                         since: now,
                     };
-                    shared.conflicts.send_if_modified(|c| {
-                        c.get(&ip).map(|x| x.mac) != Some(mac) && {
-                            c.insert(ip, seen);
+                    shared.withheld.send_if_modified(|w| {
+                        w.conflicts.get(&ip).map(|x| x.mac) != Some(mac) && {
+                            w.conflicts.insert(ip, seen);
                             true
                         }
                     });
@@ -385,7 +426,9 @@ impl WorkerShared {
             }
         }
         let withheld = st.acd.withheld();
+        let probing = st.acd.probing();
         drop(st);
+        shared.set_probing(&self.name, self.family, probing);
         {
             let mut w = self
                 .withheld
@@ -428,7 +471,7 @@ impl WorkerShared {
         let fleet = shared.fleet();
         let mut st = lock(&self.state);
         let outs = st.acd.claim(claim, &fleet, Instant::now());
-        self.act(st, outs, shared);
+        self.act(st, outs, shared, false);
     }
 
     /// Answers or drops one received frame.
@@ -508,7 +551,8 @@ impl WorkerShared {
             outs.extend(st.acd.add(*ip, probe_first, now));
         }
         st.ips = want.clone();
-        self.act(st, outs, shared);
+        let changed = !added.is_empty() || !removed.is_empty();
+        self.act(st, outs, shared, changed);
     }
 
     fn join(&self, st: &mut WorkerState, group: Ipv6Addr, counters: &Counters) {
@@ -606,7 +650,7 @@ fn run_worker(w: Arc<WorkerShared>, shared: Arc<Shared>) {
             } else {
                 Vec::new()
             };
-            w.act(st, outs, &shared);
+            w.act(st, outs, &shared, false);
         }
         if !due.is_empty() {
             // A repeat may race a withdrawal; the answer set has the last word.
@@ -707,14 +751,15 @@ impl DataPlane {
         }
     }
 
-    /// The IPs this node withholds because another host uses them, as they change.
-    pub fn conflicts(&self) -> tokio::sync::watch::Receiver<Conflicts> {
-        self.shared.conflicts.subscribe()
+    /// The IPs this node is to announce but does not answer for (another host uses them,
+    /// or it probes for one first), as they change.
+    pub fn withheld(&self) -> tokio::sync::watch::Receiver<Withheld> {
+        self.shared.withheld.subscribe()
     }
 
     /// How many IPs this node withholds because another host uses them.
     pub fn conflict_count(&self) -> usize {
-        self.shared.conflicts.borrow().len()
+        self.shared.withheld.borrow().conflicts.len()
     }
 
     /// Announces every current IP again (gratuitous ARP / unsolicited NA, with repeats):

@@ -918,3 +918,57 @@ fn only_ips_nobody_announced_before_are_fresh() {
     assert!(acts.takeover && acts.gained > 0);
     assert!(acts.fresh.is_empty(), "a takeover is announced at once");
 }
+
+/// A Service created while a peer joins our scope: the table names us at once, but we hold
+/// its IP back until the warm-up ends; nobody announced it meanwhile, so it is still fresh
+/// (probed for) when we take it.
+#[test]
+fn an_ip_held_back_while_a_peer_joins_is_still_fresh() {
+    let warmup = Duration::from_millis(450);
+    let (_, mut w, _) = partitioned(&[1, 2, 2], &[]);
+    let peers = fresh_peers(&["n0", "n2"]);
+    let t0 = Instant::now();
+    let mut d = Decider::new("n0", 1, warmup);
+    let step = |d: &mut Decider, w: &World, view: &AliveView, at: Instant| {
+        let scope = Scope::of(w, "n0");
+        let world = with_speakers(w, view);
+        let mut i = inputs(Some(&world), view, &peers);
+        i.scope = &scope;
+        d.step(&i, at)
+    };
+    let all = alive(&["n0", "n2"]);
+    step(&mut d, &w, &all, t0);
+    step(&mut d, &w, &all, t0 + warmup);
+    // n2 joins group 0, and a new Service of pool p0 appears at the same moment.
+    let mut n2 = w.nodes["n2"].clone();
+    n2.labels = group_labels(1);
+    w.apply_node(n2);
+    let new_ip = IpAddr::from([203, 0, 113, 11]);
+    w.apply_service(Service {
+        key: "ns/new".into(),
+        ips: vec![new_ip],
+        has_serving_endpoints: true,
+        ..Default::default()
+    });
+    let t1 = t0 + Duration::from_secs(2);
+    step(&mut d, &w, &all, t1);
+    assert!(!d.announced().contains_key(&new_ip), "held while n2 is new");
+    // Nor does the report claim it (the condition would say Announced too early).
+    let report = d.reported.clone().expect("a report");
+    assert!(
+        !reported(&report).contains(&"ns/new"),
+        "{:?}",
+        reported(&report)
+    );
+    // After the warm-up n0 takes it, and probes first.
+    let acts = step(&mut d, &w, &all, t1 + warmup);
+    let winner = crate::core::desired(&with_speakers(&w, &all))
+        .announcer(new_ip)
+        .map(str::to_owned);
+    assert_eq!(
+        winner.as_deref(),
+        Some("n0"),
+        "the case needs an IP n0 wins"
+    );
+    assert!(acts.fresh.contains(&new_ip), "{acts:?}");
+}

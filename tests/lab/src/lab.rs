@@ -10,6 +10,8 @@
 //!   API server :6443      ferrolb-speaker                      on-link 203.0.113.0/24,
 //!   ferrolb-controller    arp_ignore=1 arp_announce=2          2001:db8:200::/64; arp_accept=1
 //!   lab's kube client     local routes for VIPs, TCP responder
+//!
+//!   <id>-rogueK (attach_host, on demand): 198.51.100.10K, 2001:db8:100::10K
 //! ```
 //! Every address is documentation space (docs/design/lab-addresses.md); nothing is ever configured in the root
 //! namespace: links are created *inside* the switch namespace with their peer placed
@@ -330,17 +332,7 @@ impl Lab {
         all.extend(self.nodes.iter().map(|h| h.ns.clone()));
         all.extend(self.clients.iter().map(|h| h.ns.clone()));
         for ns in &all {
-            netns::run("ip", &["netns", "add", ns])?;
-            self.namespaces.push(ns.clone());
-            netns::ip_in(ns, &["link", "set", "lo", "up"])?;
-            // Before any link exists, so eth0 inherits the defaults.
-            netns::sysctl_in(
-                ns,
-                &[
-                    "net.ipv6.conf.all.accept_dad=0",
-                    "net.ipv6.conf.default.accept_dad=0",
-                ],
-            )?;
+            add_namespace(&mut self.namespaces, ns)?;
         }
         netns::sysctl_in(
             &switch,
@@ -401,32 +393,7 @@ impl Lab {
             hosts.push((format!("c{}", i + 1), c));
         }
         for (short, h) in hosts {
-            let port = self.run.ifname(&short);
-            netns::ip_in(
-                &switch,
-                &[
-                    "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &h.ns,
-                ],
-            )?;
-            netns::ip_in(&switch, &["link", "set", &port, "master", &bridge, "up"])?;
-            netns::ip_in(
-                &h.ns,
-                &["addr", "add", &format!("{}/24", h.ipv4), "dev", "eth0"],
-            )?;
-            netns::ip_in(
-                &h.ns,
-                &[
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{}/64", h.ipv6),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ],
-            )?;
-            netns::ip_in(&h.ns, &["link", "set", "eth0", "up"])?;
-            h.mac = read_mac(&h.ns, "eth0")?;
+            plug(&switch, &bridge, &self.run.ifname(&short), h, None)?;
         }
         for c in &self.clients {
             // The client plays the upstream router: the pools are on-link (docs/design/lab-addresses.md#reaching-a-loadbalancer-ip).
@@ -774,6 +741,48 @@ impl Lab {
         F::Output: Send + 'static,
     {
         self.runtime(role).run(fut)
+    }
+
+    /// Spawns a future on a lab host's runtime and returns at once (a background watch, say);
+    /// it ends with the lab at the latest.
+    pub fn spawn_in<F>(&self, role: &str, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime(role).spawn(fut)
+    }
+
+    /// Attaches one more host to the LAN of a running lab: namespace `<id>-<role>` (removed
+    /// with the lab's own), bridge port `<id>-<short>`, and `eth0` with `mac` (else the
+    /// kernel's random one) at 198.51.100.`last`/24 and 2001:db8:100::`last`/64. No Node, no
+    /// runtime: a host outside the cluster, e.g. a [`crate::rogue::Rogue`].
+    pub fn attach_host(
+        &mut self,
+        role: &str,
+        short: &str,
+        last: u8,
+        mac: Option<MacAddr>,
+    ) -> Result<Host> {
+        let mut h = Host {
+            name: role.to_string(),
+            ns: self.run.ns(role),
+            ipv4: Ipv4Addr::new(198, 51, 100, last),
+            ipv6: format!("2001:db8:100::{last}").parse().expect("valid v6"),
+            mac: MacAddr::zero(),
+        };
+        if self.namespaces.contains(&h.ns) {
+            bail!("lab host {role} exists already");
+        }
+        add_namespace(&mut self.namespaces, &h.ns)?;
+        plug(
+            &self.run.ns("switch"),
+            &self.run.ifname("br"),
+            &self.run.ifname(short),
+            &mut h,
+            mac,
+        )?;
+        Ok(h)
     }
 
     // ---------------------------------------------------------------- processes
@@ -1895,6 +1904,57 @@ fn random_key() -> String {
     let mut f = std::fs::File::open("/dev/urandom").expect("/dev/urandom");
     f.read_exact(&mut buf).expect("random bytes");
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates namespace `ns` (recorded in `namespaces` at once, so the lab's Drop removes it
+/// whatever fails next) with `lo` up and IPv6 DAD off for the links it will get.
+fn add_namespace(namespaces: &mut Vec<String>, ns: &str) -> Result<()> {
+    netns::run("ip", &["netns", "add", ns])?;
+    namespaces.push(ns.to_string());
+    netns::ip_in(ns, &["link", "set", "lo", "up"])?;
+    // Before any link exists, so eth0 inherits the defaults.
+    netns::sysctl_in(
+        ns,
+        &[
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ],
+    )
+}
+
+/// Plugs host `h` into the bridge: a veth made in the switch namespace, its end `port` on
+/// `bridge` and its peer `eth0` in the host's namespace, with the host's addresses and `mac`
+/// (else the kernel's random one), up; fills in `h.mac`.
+fn plug(switch: &str, bridge: &str, port: &str, h: &mut Host, mac: Option<MacAddr>) -> Result<()> {
+    netns::ip_in(
+        switch,
+        &[
+            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &h.ns,
+        ],
+    )?;
+    netns::ip_in(switch, &["link", "set", port, "master", bridge, "up"])?;
+    if let Some(mac) = mac {
+        netns::ip_in(&h.ns, &["link", "set", "eth0", "address", &mac.to_string()])?;
+    }
+    netns::ip_in(
+        &h.ns,
+        &["addr", "add", &format!("{}/24", h.ipv4), "dev", "eth0"],
+    )?;
+    netns::ip_in(
+        &h.ns,
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", h.ipv6),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    )?;
+    netns::ip_in(&h.ns, &["link", "set", "eth0", "up"])?;
+    h.mac = read_mac(&h.ns, "eth0")?;
+    Ok(())
 }
 
 fn read_mac(ns: &str, dev: &str) -> Result<MacAddr> {

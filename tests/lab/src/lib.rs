@@ -7,7 +7,9 @@
 //!        │                                                  Nodes ── speakers (ready)
 //!        ├─ objects: pools, L2Advertisements, Services + EndpointSlices (no kube-controller-manager)
 //!        ├─ client_connect / client_neigh / probe / Observer       (what the LAN sees)
-//!        └─ kill_speaker / restart_speaker / freeze_api / stop_api (what goes wrong)
+//!        ├─ StatusLog / events                                     (what the Services say)
+//!        ├─ kill_speaker / restart_speaker / freeze_api / stop_api (what goes wrong)
+//!        └─ Rogue::join: a host outside the cluster using a pool address
 //!   Drop: kill processes, stop namespace threads, delete namespaces (also on panic)
 //! ```
 //!
@@ -22,6 +24,7 @@
 //! Errors are `anyhow` here: this is test support, and every failure ends a test with a
 //! message (and, on panic, the tails of the process logs).
 
+pub mod health_server;
 pub mod lab;
 pub mod names;
 pub mod netns;
@@ -29,10 +32,13 @@ pub mod objects;
 pub mod observe;
 pub mod packet;
 pub mod proc;
+pub mod rogue;
 pub mod stats;
+pub mod status_log;
 pub mod storm;
 pub mod sweeps;
 
 pub use lab::{Failover, Host, Lab, LabConfig, Signal, SpeakerOverride};
 pub use objects::{Family, Svc};
 pub use observe::{Observer, ProbeConfig};
+pub use rogue::Rogue;

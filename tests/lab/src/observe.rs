@@ -3,9 +3,11 @@
 //! ```text
 //!   Observer: thread in ns ── pnet channel on iface ── packet::parse ── bounded ring of Seen
 //!   probe():  thread in ns ── send ARP request / NS ── collect replies (timeout + linger)
+//!   send():   thread in ns ── send the given frames once each
 //! ```
-//! Both stop by themselves: the observer when dropped (its reads time out every 50 ms), a
-//! probe after `rounds × targets` requests, each bounded by `timeout + linger`.
+//! All stop by themselves: the observer when dropped (its reads time out every 50 ms), a
+//! probe after `rounds × targets` requests, each bounded by `timeout + linger`, a send after
+//! its frames.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -300,6 +302,23 @@ pub fn probe(
             }
         }
         Ok(results)
+    })?
+}
+
+/// Sends `frames` as they are, one after the other, from `iface` in `ns` (a host's own
+/// claims or probes, built by [`packet`]). Bounded: one send per frame.
+pub fn send(ns: &str, iface: &str, frames: Vec<Vec<u8>>) -> Result<()> {
+    let iface = iface.to_string();
+    netns::in_ns(ns, move || -> Result<()> {
+        let (mut tx, _rx) = open(&iface, Duration::from_millis(1), false)?;
+        for frame in &frames {
+            match tx.send_to(frame, None) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => bail!("send frame on {iface}: {e}"),
+                None => bail!("send frame on {iface}: no buffer"),
+            }
+        }
+        Ok(())
     })?
 }
 

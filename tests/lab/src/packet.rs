@@ -6,8 +6,11 @@
 //!                                              unsolicited NA = S flag clear
 //! ```
 //! `parse` turns one captured frame into a [`Seen`]; `arp_request` and
-//! `neighbor_solicitation` build the probes' requests; `arp_answer` and `na_answer` read a
-//! reply without its Ethernet header (a storm's receiver: [`crate::storm`]).
+//! `neighbor_solicitation` build the probes' requests; `arp_probe` / `dad_solicitation`
+//! (RFC 5227 §2.1, RFC 4862 §5.4) and `gratuitous_arp` / `unsolicited_na` (RFC 5227 §3,
+//! RFC 4861 §7.2.6) are what a host checking or claiming an address sends (a rogue host:
+//! [`crate::rogue`]); `arp_answer` and `na_answer` read a reply without its Ethernet header
+//! (a storm's receiver: [`crate::storm`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
@@ -205,32 +208,89 @@ pub fn multicast_mac(group: Ipv6Addr) -> MacAddr {
 /// A multicast Neighbor Solicitation for `target` from (`src_mac`, `src_ip`), with a
 /// source link-layer address option (RFC 4861 §4.3).
 pub fn neighbor_solicitation(src_mac: MacAddr, src_ip: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let mut icmp = vec![0u8; 32];
+    icmp[0] = 135;
+    icmp[8..24].copy_from_slice(&target.octets());
+    icmp[24] = 1;
+    icmp[25] = 1;
+    icmp[26..32].copy_from_slice(&src_mac.octets());
     let group = solicited_node(target);
-    let mut buf = vec![0u8; 14 + 40 + 32];
+    icmpv6_frame(src_mac, multicast_mac(group), src_ip, group, icmp)
+}
+
+/// An ARP Probe for `target` (RFC 5227 §2.1.1): a broadcast request with sender IP 0.0.0.0,
+/// asking whether anyone already uses the address.
+pub fn arp_probe(src_mac: MacAddr, target: Ipv4Addr) -> Vec<u8> {
+    arp_request(src_mac, Ipv4Addr::UNSPECIFIED, target)
+}
+
+/// An ARP Announcement of `ip` (RFC 5227 §3, a gratuitous ARP): a broadcast request with
+/// sender and target IP both `ip`, claiming it for `src_mac`.
+pub fn gratuitous_arp(src_mac: MacAddr, ip: Ipv4Addr) -> Vec<u8> {
+    arp_request(src_mac, ip, ip)
+}
+
+/// A Duplicate Address Detection solicitation for `target` (RFC 4862 §5.4.2): from `::` to
+/// the target's solicited-node group, without a source link-layer option (RFC 4861 §4.3
+/// forbids it from `::`, and Linux drops a DAD NS carrying one).
+pub fn dad_solicitation(src_mac: MacAddr, target: Ipv6Addr) -> Vec<u8> {
+    let mut icmp = vec![0u8; 24];
+    icmp[0] = 135;
+    icmp[8..24].copy_from_slice(&target.octets());
+    let group = solicited_node(target);
+    icmpv6_frame(
+        src_mac,
+        multicast_mac(group),
+        Ipv6Addr::UNSPECIFIED,
+        group,
+        icmp,
+    )
+}
+
+/// An unsolicited Neighbor Advertisement of `target` (RFC 4861 §7.2.6): from `target`
+/// itself to all-nodes (ff02::1), Solicited clear, Override set, with a target link-layer
+/// option naming `src_mac`: the IPv6 form of a gratuitous ARP.
+pub fn unsolicited_na(src_mac: MacAddr, target: Ipv6Addr) -> Vec<u8> {
+    let mut icmp = vec![0u8; 32];
+    icmp[0] = 136;
+    icmp[4] = 0x20;
+    icmp[8..24].copy_from_slice(&target.octets());
+    icmp[24] = 2;
+    icmp[25] = 1;
+    icmp[26..32].copy_from_slice(&src_mac.octets());
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    icmpv6_frame(src_mac, multicast_mac(all_nodes), target, all_nodes, icmp)
+}
+
+/// An Ethernet + IPv6 frame (hop limit 255, as NDP requires) around the ICMPv6 message
+/// `icmp`, whose checksum field is filled in here.
+fn icmpv6_frame(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src_ip: Ipv6Addr,
+    dst_ip: Ipv6Addr,
+    mut icmp: Vec<u8>,
+) -> Vec<u8> {
+    let sum =
+        pnet_packet::icmpv6::checksum(&Icmpv6Packet::new(&icmp).expect("sized"), &src_ip, &dst_ip);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut buf = vec![0u8; 14 + 40];
     {
         let mut eth = MutableEthernetPacket::new(&mut buf).expect("sized");
-        eth.set_destination(multicast_mac(group));
+        eth.set_destination(dst_mac);
         eth.set_source(src_mac);
         eth.set_ethertype(EtherTypes::Ipv6);
     }
     {
         let mut ip6 = MutableIpv6Packet::new(&mut buf[14..]).expect("sized");
         ip6.set_version(6);
-        ip6.set_payload_length(32);
+        ip6.set_payload_length(u16::try_from(icmp.len()).expect("small ICMPv6 message"));
         ip6.set_next_header(IpNextHeaderProtocols::Icmpv6);
         ip6.set_hop_limit(255);
         ip6.set_source(src_ip);
-        ip6.set_destination(group);
+        ip6.set_destination(dst_ip);
     }
-    let icmp = &mut buf[54..];
-    icmp[0] = 135;
-    icmp[8..24].copy_from_slice(&target.octets());
-    icmp[24] = 1;
-    icmp[25] = 1;
-    icmp[26..32].copy_from_slice(&src_mac.octets());
-    let sum =
-        pnet_packet::icmpv6::checksum(&Icmpv6Packet::new(icmp).expect("sized"), &src_ip, &group);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    buf.extend_from_slice(&icmp);
     buf
 }
 
@@ -309,8 +369,9 @@ mod tests {
         0, 0, 0, 0, 0, 0, 203, 0, 113, 10,
     ];
 
-    /// An unsolicited NA (S=0, O=1) for 2001:db8:200::10 to ff02::1 with a target LL option.
-    fn unsolicited_na() -> Vec<u8> {
+    /// An unsolicited NA (S=0, O=1) for 2001:db8:200::10 to ff02::1 with a target LL option
+    /// (checksum left zero).
+    fn unsolicited_na_frame() -> Vec<u8> {
         let mut f = vec![0x33, 0x33, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 0x12, 0x86, 0xdd];
         f.extend_from_slice(&[0x60, 0, 0, 0, 0, 32, 58, 255]);
         f.extend_from_slice(&"2001:db8:100::12".parse::<Ipv6Addr>().unwrap().octets());
@@ -333,7 +394,7 @@ mod tests {
 
     #[test]
     fn parses_unsolicited_na() {
-        let s = parse(&unsolicited_na(), Instant::now()).unwrap();
+        let s = parse(&unsolicited_na_frame(), Instant::now()).unwrap();
         assert_eq!(s.kind, Kind::NeighborAdvertisement);
         assert!(s.gratuitous && s.override_flag);
         assert_eq!(s.sender_mac, MacAddr::new(2, 0, 0, 0, 0, 0x12));
@@ -396,7 +457,7 @@ mod tests {
     #[test]
     fn reads_solicited_na_answers() {
         // The unsolicited NA with S set and a unicast destination: a solicited answer.
-        let mut na = unsolicited_na();
+        let mut na = unsolicited_na_frame();
         na[54 + 4] = 0x60;
         let to: Ipv6Addr = "2001:db8:100::1:7".parse().unwrap();
         na[38..54].copy_from_slice(&to.octets());
@@ -404,9 +465,61 @@ mod tests {
         assert_eq!(a.answered, "2001:db8:200::10".parse::<IpAddr>().unwrap());
         assert_eq!(a.to, IpAddr::V6(to));
         assert_eq!(a.mac, MacAddr::new(2, 0, 0, 0, 0, 0x12));
-        assert!(na_answer(&unsolicited_na()[14..]).is_none());
+        assert!(na_answer(&unsolicited_na_frame()[14..]).is_none());
         let ns = neighbor_solicitation(CLIENT, to, "2001:db8:200::10".parse().unwrap());
         assert!(na_answer(&ns[14..]).is_none());
+    }
+
+    /// Checks an NDP frame's ICMPv6 checksum against its own IPv6 addresses.
+    fn icmpv6_checksum_ok(f: &[u8]) -> bool {
+        let ip6 = Ipv6Packet::new(&f[14..]).unwrap();
+        let icmp = Icmpv6Packet::new(&f[54..]).unwrap();
+        pnet_packet::icmpv6::checksum(&icmp, &ip6.get_source(), &ip6.get_destination())
+            == icmp.get_checksum()
+    }
+
+    #[test]
+    fn arp_probe_and_announcement() {
+        let vip: Ipv4Addr = "203.0.113.10".parse().unwrap();
+        let probe = parse(&arp_probe(CLIENT, vip), Instant::now()).unwrap();
+        assert_eq!(probe.kind, Kind::ArpRequest);
+        assert_eq!(probe.sender_ip, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(probe.target_ip, IpAddr::V4(vip));
+        assert!(!probe.gratuitous && !probe.answers_for(IpAddr::V4(vip)));
+        // The announcement is byte for byte the speaker's gratuitous ARP, but for the MAC.
+        let garp = gratuitous_arp(MacAddr::new(2, 0, 0, 0, 0, 0x11), vip);
+        assert_eq!(garp, GARP);
+        let seen = parse(&garp, Instant::now()).unwrap();
+        assert!(seen.gratuitous && seen.answers_for(IpAddr::V4(vip)));
+    }
+
+    #[test]
+    fn dad_solicitation_is_from_unspecified_without_options() {
+        let target: Ipv6Addr = "2001:db8:200::10".parse().unwrap();
+        let f = dad_solicitation(CLIENT, target);
+        assert_eq!(f.len(), 14 + 40 + 24);
+        let s = parse(&f, Instant::now()).unwrap();
+        assert_eq!(s.kind, Kind::NeighborSolicitation);
+        assert_eq!(s.sender_ip, IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        assert_eq!(s.target_ip, IpAddr::V6(target));
+        assert_eq!(s.eth_dst, MacAddr::new(0x33, 0x33, 0xff, 0, 0, 0x10));
+        assert!(icmpv6_checksum_ok(&f));
+    }
+
+    #[test]
+    fn unsolicited_na_is_the_frame_parse_reads() {
+        let target: Ipv6Addr = "2001:db8:200::10".parse().unwrap();
+        let f = unsolicited_na(MacAddr::new(2, 0, 0, 0, 0, 0x12), target);
+        let want = unsolicited_na_frame();
+        // The same frame but the IPv6 source (the target itself here) and the checksum.
+        assert_eq!(f[..22], want[..22]);
+        assert_eq!(f[38..56], want[38..56]);
+        assert_eq!(f[58..], want[58..]);
+        let s = parse(&f, Instant::now()).unwrap();
+        assert!(s.gratuitous && s.override_flag);
+        assert_eq!(s.sender_ip, IpAddr::V6(target));
+        assert!(s.answers_for(IpAddr::V6(target)));
+        assert!(icmpv6_checksum_ok(&f));
     }
 
     #[test]

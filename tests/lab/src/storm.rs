@@ -420,7 +420,7 @@ mod tests {
         for s in &plan.sources {
             let IpAddr::V4(v4) = s else { panic!() };
             let last = v4.octets()[3];
-            // Hosts are .2, .11–.49 and .51–.99; .255 is the LAN's broadcast.
+            // Hosts are .2, .11–.49, .51–.99 and rogues .101–.109; .255 is the broadcast.
             assert!((128..255).contains(&last), "{v4}");
         }
         let plan = Plan::new(&ips(&["2001:db8:200::1"])).unwrap();

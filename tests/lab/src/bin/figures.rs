@@ -10,8 +10,11 @@
 //! 5. ARP and NDP storms from a client (20,000 requests/s for 5 s by default) at announced
 //!    IPs: requests answered and unanswered, reply latency, every speaker's CPU. It runs
 //!    right after 2, on the same lab, before the failovers restart speakers.
+//! 6. Address conflict detection on vs off (a lab each): the delay from a Service's ingress
+//!    write to a node's first gratuitous ARP / unsolicited NA for a new address (the probes'
+//!    cost), and the SIGKILL failover of 3 (which must not wait for probes), p50 / p99.
 //!
-//! Environment: `FIGURES_ROUNDS` (failover rounds per signal, default 20),
+//! Environment: `FIGURES_ROUNDS` (failover rounds per signal, and the rounds of 6; default 20),
 //! `FIGURES_WRITES_SECS` (steady-state window, default 60), `FIGURES_PROBES` (latency
 //! probes per target, default 200), `FIGURES_STORM_RATE` (requests/s, default 20000),
 //! `FIGURES_STORM_SECS` (default 5, at most 10), `FIGURES_STORM_VIPS` (announced IPs per
@@ -26,6 +29,7 @@ use anyhow::{Context, Result, bail};
 use ferrolb_crds::L2AdvertisementSpec;
 use ferrolb_lab::lab::SPEAKER_METRICS;
 use ferrolb_lab::stats::{ms, summarize};
+use ferrolb_lab::status_log::StatusLog;
 use ferrolb_lab::storm::{StormConfig, StormReport, storm};
 use ferrolb_lab::{Family, Lab, LabConfig, ProbeConfig, Signal, Svc};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -66,8 +70,64 @@ fn main() -> Result<()> {
         ferrolb_lab::proc::bin_dir().display()
     );
 
-    let mut lab = Lab::start(LabConfig {
+    // Sections 1, 2, 5 and 3 share one lab, in that order (3 restarts speakers).
+    if [1, 2, 5, 3].into_iter().any(&run) {
+        let (mut lab, ips) = web_lab(Vec::new())?;
+        if run(1) {
+            println!(
+                "== 1. API writes in steady state: 3 speakers, 1 dual-stack Service, {window:?} =="
+            );
+            std::thread::sleep(Duration::from_secs(5));
+            writes(&lab, window, 3)?;
+        }
+
+        if run(2) {
+            println!(
+                "\n== 2. Neighbour reply latency from {CLIENT}: speaker (VIP) vs kernel (node address) =="
+            );
+            latency(&lab, &ips, probes)?;
+        }
+
+        if run(5) {
+            println!(
+                "\n== 5. ARP / NDP storm from {CLIENT}: {} requests/s for {:?} at {storm_vips} announced IPs per family ==",
+                storm_cfg.rate, storm_cfg.duration
+            );
+            storms(&lab, &ips, storm_vips, storm_cfg)?;
+        }
+
+        if run(3) {
+            println!(
+                "\n== 3. Failover, {rounds} rounds per signal (dual-stack Service, TCP on port 80) =="
+            );
+            for sig in [Signal::SIGKILL, Signal::SIGTERM] {
+                failover(&mut lab, &ips, sig, rounds)?;
+            }
+        }
+    }
+
+    if run(4) {
+        println!("\n== 4. One speaker announcing 1,000 IPs ==");
+        thousand(window)?;
+    }
+
+    if run(6) {
+        println!(
+            "\n== 6. Address conflict detection: added delay to a first announcement and to a SIGKILL failover, \
+             {rounds} rounds, on vs off =="
+        );
+        conflict_detection(rounds)?;
+    }
+    Ok(())
+}
+
+/// A lab on the built-in API server whose speakers get `speaker_args`, with pool
+/// `default` and the dual-stack Service `web` on port 80, reached by the client on both
+/// IPs: (lab, those IPs).
+fn web_lab(speaker_args: Vec<String>) -> Result<(Lab, Vec<IpAddr>)> {
+    let lab = Lab::start(LabConfig {
         apiserver: None,
+        speaker_args,
         ..LabConfig::default()
     })?;
     lab.default_pool()?;
@@ -83,45 +143,7 @@ fn main() -> Result<()> {
             |_| true,
         )?;
     }
-
-    if run(1) {
-        println!(
-            "== 1. API writes in steady state: 3 speakers, 1 dual-stack Service, {window:?} =="
-        );
-        std::thread::sleep(Duration::from_secs(5));
-        writes(&lab, window, 3)?;
-    }
-
-    if run(2) {
-        println!(
-            "\n== 2. Neighbour reply latency from {CLIENT}: speaker (VIP) vs kernel (node address) =="
-        );
-        latency(&lab, &ips, probes)?;
-    }
-
-    if run(5) {
-        println!(
-            "\n== 5. ARP / NDP storm from {CLIENT}: {} requests/s for {:?} at {storm_vips} announced IPs per family ==",
-            storm_cfg.rate, storm_cfg.duration
-        );
-        storms(&lab, &ips, storm_vips, storm_cfg)?;
-    }
-
-    if run(3) {
-        println!(
-            "\n== 3. Failover, {rounds} rounds per signal (dual-stack Service, TCP on port 80) =="
-        );
-        for sig in [Signal::SIGKILL, Signal::SIGTERM] {
-            failover(&mut lab, &ips, sig, rounds)?;
-        }
-    }
-    drop(lab);
-
-    if run(4) {
-        println!("\n== 4. One speaker announcing 1,000 IPs ==");
-        thousand(window)?;
-    }
-    Ok(())
+    Ok((lab, ips))
 }
 
 /// Section 5: an ARP storm, then an NDP storm, from the client at `vips` announced IPs per
@@ -395,11 +417,40 @@ fn latency(lab: &Lab, ips: &[IpAddr], probes: usize) -> Result<()> {
     Ok(())
 }
 
-fn failover(lab: &mut Lab, ips: &[IpAddr], sig: Signal, rounds: usize) -> Result<()> {
+/// One signal's failover samples (section 3), each from just before the kill.
+#[derive(Default)]
+struct FailoverSamples {
+    /// → first gratuitous ARP at the client from another node.
+    garp: Vec<Duration>,
+    /// → first unsolicited NA at the client from another node.
+    una: Vec<Duration>,
+    /// → first TCP connect served by another node.
+    tcp: Vec<Duration>,
+    /// Takeovers without a gratuitous ARP/NA seen at the client.
+    missing: usize,
+}
+
+/// `p50 … p99 … (n=…, max …)`, or `none seen`.
+fn show(s: &[Duration]) -> String {
+    summarize(s)
+        .map(|s| {
+            format!(
+                "p50 {} p99 {} (n={}, max {})",
+                ms(s.p50),
+                ms(s.p99),
+                s.n,
+                ms(s.max)
+            )
+        })
+        .unwrap_or("none seen".into())
+}
+
+/// `rounds` failovers of the dual-stack Service at `ips` by `sig` to its announcer (which
+/// is restarted after each); prints and returns the samples.
+fn failover(lab: &mut Lab, ips: &[IpAddr], sig: Signal, rounds: usize) -> Result<FailoverSamples> {
     let obs = lab.observe(CLIENT)?;
     obs.wait_quiet(Duration::from_millis(1500), Duration::from_secs(10));
-    let (mut garp, mut una, mut tcp) = (Vec::new(), Vec::new(), Vec::new());
-    let mut missing = 0;
+    let mut out = FailoverSamples::default();
     for round in 1..=rounds {
         let f = lab
             .failover(CLIENT, &obs, ips, 80, sig, Duration::from_secs(15))
@@ -409,43 +460,144 @@ fn failover(lab: &mut Lab, ips: &[IpAddr], sig: Signal, rounds: usize) -> Result
         }
         for (ip, d) in &f.announce {
             match d {
-                Some(d) if ip.is_ipv4() => garp.push(*d),
-                Some(d) => una.push(*d),
-                None => missing += 1,
+                Some(d) if ip.is_ipv4() => out.garp.push(*d),
+                Some(d) => out.una.push(*d),
+                None => out.missing += 1,
             }
         }
-        tcp.push(f.connect);
+        out.tcp.push(f.connect);
         lab.restart_speaker(&f.old)?;
         obs.wait_quiet(Duration::from_millis(1500), Duration::from_secs(10));
     }
-    let show = |s: &[Duration]| {
-        summarize(s)
-            .map(|s| {
-                format!(
-                    "p50 {} p99 {} (n={}, max {})",
-                    ms(s.p50),
-                    ms(s.p99),
-                    s.n,
-                    ms(s.max)
-                )
-            })
-            .unwrap_or("none seen".into())
-    };
     println!(
         "  {sig}: kill → first gratuitous ARP at client:   {}",
-        show(&garp)
+        show(&out.garp)
     );
     println!(
         "  {sig}: kill → first unsolicited NA at client:   {}",
-        show(&una)
+        show(&out.una)
     );
     println!(
         "  {sig}: kill → first TCP connect to new node:    {}",
-        show(&tcp)
+        show(&out.tcp)
     );
-    if missing > 0 {
-        println!("  {sig}: {missing} takeovers without a gratuitous ARP/NA seen at the client");
+    if out.missing > 0 {
+        println!(
+            "  {sig}: {} takeovers without a gratuitous ARP/NA seen at the client",
+            out.missing
+        );
     }
+    Ok(out)
+}
+
+/// Section 6, one mode: a lab whose speakers run with `--conflict-detection=<on>` (and the
+/// Service `web`), then `rounds` first announcements (dual-stack Services `first-<i>` asking for addresses no
+/// node has announced before, each deleted after) and `rounds` SIGKILL failovers.
+/// Returns (ingress → first gratuitous ARP, ingress → first unsolicited NA, failovers).
+fn conflict_mode(
+    on: bool,
+    rounds: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>, FailoverSamples)> {
+    let (mut lab, web) = web_lab(vec![format!("--conflict-detection={on}")])?;
+    let log = StatusLog::start(&lab)?;
+    let obs = lab.observe_lan()?;
+    let macs: Vec<_> = lab.nodes().iter().map(|n| n.mac).collect();
+    let (mut garp, mut una) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        // 203.0.113.20… and 2001:db8:200::20…: never the `web` Service's (.10, ::10).
+        let ips: Vec<IpAddr> = vec![
+            format!("203.0.113.{}", 20 + i).parse()?,
+            format!("2001:db8:200::{}", 20 + i).parse()?,
+        ];
+        let svc = Svc::new(&format!("first-{i}"), 80)
+            .family(Family::Dual)
+            .annotate(
+                ferrolb_crds::annotations::LOAD_BALANCER_IPS,
+                &format!("{},{}", ips[0], ips[1]),
+            );
+        lab.create_service(&svc)?;
+        let written = log
+            .ingress_written(&svc, &ips, Duration::from_secs(20))
+            .with_context(|| format!("round {i}: no ingress {ips:?} for {}", svc.name))?;
+        for ip in &ips {
+            let first = obs
+                .wait_for(Duration::from_secs(10), |e| {
+                    e.at >= written
+                        && e.gratuitous
+                        && e.answers_for(*ip)
+                        && macs.contains(&e.sender_mac)
+                })
+                .with_context(|| format!("round {i}: no node announced {ip} within 10 s"))?;
+            if ip.is_ipv4() {
+                garp.push(first.at - written);
+            } else {
+                una.push(first.at - written);
+            }
+        }
+        lab.delete_service(&svc)?;
+        obs.wait_quiet(Duration::from_millis(500), Duration::from_secs(10));
+    }
+    let failovers = failover(&mut lab, &web, Signal::SIGKILL, rounds)?;
+    Ok((garp, una, failovers))
+}
+
+/// Section 6: what conflict detection costs. A first announcement waits for the probes
+/// (`--conflict-probe-ms`, 300 ms by default); a crash takeover probes in parallel and
+/// should cost nothing. Each mode on a lab of its own.
+fn conflict_detection(rounds: usize) -> Result<()> {
+    if rounds > 70 {
+        bail!("section 6 runs at most 70 rounds (one pool address per family and round)");
+    }
+    let mut modes = Vec::new();
+    for on in [true, false] {
+        println!(
+            "  -- conflict detection {} --",
+            if on { "on (default)" } else { "off" }
+        );
+        modes.push(conflict_mode(on, rounds)?);
+    }
+    let (on, off) = (&modes[0], &modes[1]);
+    let added = |a: &[Duration], b: &[Duration]| match (summarize(a), summarize(b)) {
+        (Some(a), Some(b)) => format!(
+            "added p50 {:+.2} ms, p99 {:+.2} ms",
+            (a.p50.as_secs_f64() - b.p50.as_secs_f64()) * 1000.0,
+            (a.p99.as_secs_f64() - b.p99.as_secs_f64()) * 1000.0
+        ),
+        _ => "no comparison".into(),
+    };
+    let rows: [(&str, &[Duration], &[Duration]); 5] = [
+        ("ingress written → first gratuitous ARP", &on.0, &off.0),
+        ("ingress written → first unsolicited NA", &on.1, &off.1),
+        (
+            "SIGKILL → first gratuitous ARP at client",
+            &on.2.garp,
+            &off.2.garp,
+        ),
+        (
+            "SIGKILL → first unsolicited NA at client",
+            &on.2.una,
+            &off.2.una,
+        ),
+        (
+            "SIGKILL → first TCP connect to new node",
+            &on.2.tcp,
+            &off.2.tcp,
+        ),
+    ];
+    println!("  summary, detection on vs off ({rounds} rounds each):");
+    for (what, a, b) in rows {
+        println!(
+            "  {what}:\n    on  {}\n    off {}\n    {}",
+            show(a),
+            show(b),
+            added(a, b)
+        );
+    }
+    println!(
+        "  (first announcement: from the controller's ingress write, as a watch of the lab's delivered it, to the \
+         first gratuitous ARP / unsolicited NA from a node seen on the bridge, for addresses no node announced \
+         before; failover: as section 3)"
+    );
     Ok(())
 }
 
