@@ -425,10 +425,10 @@ impl WorkerShared {
                 }
             }
         }
+        // Published under the state lock: another thread's act (the worker's timers or a
+        // claim, against a sync from the handle) must not overwrite these with older ones.
         let withheld = st.acd.withheld();
-        let probing = st.acd.probing();
-        drop(st);
-        shared.set_probing(&self.name, self.family, probing);
+        shared.set_probing(&self.name, self.family, st.acd.probing());
         {
             let mut w = self
                 .withheld
@@ -438,6 +438,7 @@ impl WorkerShared {
                 *w = Arc::new(withheld);
             }
         }
+        drop(st);
         for out in sends {
             match out {
                 Out::Announce(ip) => self.announce(ip, &shared.counters),
