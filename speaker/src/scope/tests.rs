@@ -121,7 +121,7 @@ fn each_group_of_racks_joined_by_shared_nodes_hears_itself() {
     assert!(s("a1").judges(&w, ip("203.0.113.5")));
     assert!(s("a1").judges(&w, ip("203.0.113.20")));
     assert!(!s("a1").judges(&w, ip("198.51.100.1")));
-    assert!(s("a1").judges(&w, ip("192.0.2.1")));
+    assert!(s("a1").judges(&w, ip("198.51.100.200")));
     assert!(s("c1").judges(&w, ip("198.51.100.1")));
     assert!(!s("c1").judges(&w, ip("203.0.113.20")));
     // What depends on no node, anyone judges.
