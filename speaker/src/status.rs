@@ -413,16 +413,20 @@ mod tests {
         assert_eq!(other, theirs);
     }
 
-    #[test]
-    fn an_ip_in_conflict_is_reported_not_announced_naming_the_other_host() {
+    /// The report of n1, the one speaker (on eth0), announcing 203.0.113.5 and .200.
+    fn n1_announces_both() -> NodeAnnouncementSpec {
         let mut w = world(&["n1"], &["203.0.113.5", "203.0.113.200"], true);
         w.apply_speaker(core::Speaker {
             node: "n1".into(),
             interfaces: BTreeSet::from(["eth0".to_string()]),
             settling: false,
         });
-        let table = core::desired(&w);
-        let r = report(&table, "n1", Some(ALL), 1, None, &Map::new());
+        report(&core::desired(&w), "n1", Some(ALL), 1, None, &Map::new())
+    }
+
+    #[test]
+    fn an_ip_in_conflict_is_reported_not_announced_naming_the_other_host() {
+        let r = n1_announces_both();
         let held = crate::dataplane::Withheld {
             conflicts: crate::dataplane::Conflicts::from([(
                 "203.0.113.5".parse().unwrap(),
@@ -458,14 +462,7 @@ mod tests {
 
     #[test]
     fn a_service_still_probed_for_is_not_reported_as_announced() {
-        let mut w = world(&["n1"], &["203.0.113.5", "203.0.113.200"], true);
-        w.apply_speaker(core::Speaker {
-            node: "n1".into(),
-            interfaces: BTreeSet::from(["eth0".to_string()]),
-            settling: false,
-        });
-        let table = core::desired(&w);
-        let r = report(&table, "n1", Some(ALL), 1, None, &Map::new());
+        let r = n1_announces_both();
         let probing = |ips: &[&str]| crate::dataplane::Withheld {
             probing: ips
                 .iter()

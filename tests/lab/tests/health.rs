@@ -11,8 +11,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use ferrolb_crds::conditions::ANNOUNCED;
 use ferrolb_lab::health_server::{HealthChecks, Mode};
+use ferrolb_lab::status_log::announced;
 use ferrolb_lab::{Lab, LabConfig, ProbeConfig, Svc};
 use k8s_openapi::api::core::v1::Service;
 use serde_json::json;
@@ -75,17 +75,6 @@ fn stays_on(lab: &Lab, ip: IpAddr, node: &str, during: Duration) {
     }
 }
 
-/// The Announced condition's (status, reason, message).
-fn announced(lab: &Lab, svc: &Svc) -> Option<(String, String, String)> {
-    let s: Service = lab.get(Some(&svc.namespace), &svc.name).ok()?;
-    let c = s
-        .status?
-        .conditions?
-        .into_iter()
-        .find(|c| c.type_ == ANNOUNCED)?;
-    Some((c.status, c.reason, c.message))
-}
-
 #[test]
 fn a_failing_health_check_moves_the_ip_and_the_hold_down_brings_it_back() {
     let lab = Lab::start(LabConfig::default()).expect("lab starts");
@@ -130,9 +119,9 @@ fn a_failing_health_check_moves_the_ip_and_the_hold_down_brings_it_back() {
             .probe(CLIENT, &[ip], 1, ProbeConfig::count())
             .expect("probe");
         let cond = announced(&lab, &svc);
-        let says = cond
-            .as_ref()
-            .is_some_and(|c| c.0 == "False" && c.2.contains("kube-proxy health check failing"));
+        let says = cond.as_ref().is_some_and(|c| {
+            c.status == "False" && c.message.contains("kube-proxy health check failing")
+        });
         if r[0].replies.is_empty() && says {
             println!("no healthy node: {cond:?}");
             break;
