@@ -19,7 +19,7 @@
 //! A marked pool hands no address to LoadBalancer Services, so the last rule only bites
 //! for a Service that held the address before the pool was marked: it keeps it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -158,9 +158,12 @@ pub fn judge<'a>(
 
 /// Keeps an index of address → keys current when `key`'s addresses go from `old` to `new`
 /// (both the controller and the speakers index who lists and who holds each address).
-/// Returns the addresses that were added or removed.
+/// Each address's keys are kept sorted and distinct in a `Vec`: an address nearly always
+/// has one key, and a `BTreeSet`'s first node would cost about 280 bytes per address in
+/// every speaker (docs/architecture.md#memory). Returns the addresses that were added or
+/// removed.
 pub fn reindex<K: Ord + Clone>(
-    map: &mut HashMap<IpAddr, BTreeSet<K>>,
+    map: &mut HashMap<IpAddr, Vec<K>>,
     key: &K,
     old: &[IpAddr],
     new: &[IpAddr],
@@ -168,7 +171,9 @@ pub fn reindex<K: Ord + Clone>(
     let mut changed = Vec::new();
     for ip in old.iter().filter(|ip| !new.contains(ip)) {
         if let Some(keys) = map.get_mut(ip) {
-            keys.remove(key);
+            if let Ok(at) = keys.binary_search(key) {
+                keys.remove(at);
+            }
             if keys.is_empty() {
                 map.remove(ip);
             }
@@ -179,7 +184,10 @@ pub fn reindex<K: Ord + Clone>(
         if !old.contains(ip) {
             changed.push(*ip);
         }
-        map.entry(*ip).or_default().insert(key.clone());
+        let keys = map.entry(*ip).or_default();
+        if let Err(at) = keys.binary_search(key) {
+            keys.insert(at, key.clone());
+        }
     }
     changed
 }
@@ -325,14 +333,18 @@ mod tests {
     #[test]
     fn reindex_tracks_keys_and_reports_what_moved() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let mut m: HashMap<IpAddr, BTreeSet<&str>> = HashMap::new();
+        let mut m: HashMap<IpAddr, Vec<&str>> = HashMap::new();
         let (a, b) = (ip("203.0.113.1"), ip("203.0.113.2"));
         assert_eq!(reindex(&mut m, &"s1", &[], &[a, b]), vec![a, b]);
         assert_eq!(reindex(&mut m, &"s2", &[], &[a]), vec![a]);
+        assert_eq!(reindex(&mut m, &"s0", &[], &[a]), vec![a]);
+        assert_eq!(m[&a], ["s0", "s1", "s2"], "sorted, whatever the order of arrival");
+        assert_eq!(reindex(&mut m, &"s0", &[a], &[]), vec![a]);
         assert_eq!(reindex(&mut m, &"s1", &[a, b], &[a]), vec![b]);
         assert_eq!(m.get(&b), None, "emptied entries go");
-        assert_eq!(m[&a], BTreeSet::from(["s1", "s2"]));
+        assert_eq!(m[&a], ["s1", "s2"]);
         assert!(reindex(&mut m, &"s2", &[a], &[a]).is_empty());
+        assert_eq!(m[&a], ["s1", "s2"], "a key listed again is not doubled");
     }
 
     #[test]

@@ -622,9 +622,9 @@ struct External {
     /// Pool → `spec.externalIPs.namespaces`, for marked pools.
     marks: BTreeMap<String, Vec<String>>,
     /// externalIP → Services listing it.
-    listers: HashMap<IpAddr, BTreeSet<String>>,
+    listers: HashMap<IpAddr, Vec<String>>,
     /// LoadBalancer IP (status, any class) → Services showing it.
-    held: HashMap<IpAddr, BTreeSet<String>>,
+    held: HashMap<IpAddr, Vec<String>>,
 }
 
 impl External {

@@ -188,14 +188,14 @@ pub async fn run(
 
     // This node's report (NodeAnnouncement); the writer always works on the newest one.
     let incarnation = config.liveness.incarnation;
-    let (report_tx, report_rx) = watch::channel(status::report(
+    let (report_tx, report_rx) = watch::channel(Arc::new(status::report(
         &core::Table::default(),
         &me,
         None,
         incarnation,
         Some(liveness::NotServing::NotReady),
         &BTreeMap::new(),
-    ));
+    )));
     let _writer = tokio::spawn(status::writer(
         client.clone(),
         me.clone(),
@@ -217,8 +217,6 @@ pub async fn run(
     let mut wake_at: Option<tokio::time::Instant> = None;
 
     let mut lease_clock = LeaseClock::default();
-    // The decider's last report, before narrowing to the interfaces that answer.
-    let mut last_report: Option<ferrolb_crds::NodeAnnouncementSpec> = None;
     loop {
         let mut alive_changed = false;
         let mut lease_check = false;
@@ -385,14 +383,17 @@ pub async fn run(
         if let Some(table) = &acts.table {
             metrics.set_table(table, &me);
         }
-        if let Some(report) = acts.report {
-            last_report = Some(report);
-            relink = true;
-        }
-        if relink && let Some(report) = &last_report {
+        relink |= acts.report.is_some();
+        if relink && let Some(report) = decider.reported() {
             let narrowed = status::on_link(report.clone(), &me, &report_links.borrow());
             let narrowed = status::withheld(narrowed, &me, &withheld.borrow());
-            report_tx.send_if_modified(|old| std::mem::replace(old, narrowed.clone()) != narrowed);
+            report_tx.send_if_modified(|old| {
+                let changed = **old != narrowed;
+                if changed {
+                    *old = Arc::new(narrowed);
+                }
+                changed
+            });
         }
     }
 
@@ -409,7 +410,7 @@ pub async fn run(
     live.leave().await;
     // Say so in this node's report (bounded: the API server may be what is failing).
     let leaving = decider.leaving();
-    report_tx.send_replace(leaving.clone());
+    report_tx.send_replace(Arc::new(leaving.clone()));
     let wrote = tokio::time::timeout(
         Duration::from_secs(2),
         status::apply(&client, &me, None, &leaving),

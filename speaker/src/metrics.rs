@@ -402,7 +402,7 @@ mod tests {
     fn announce(node: &str) -> Decision {
         Decision::Announce {
             node: node.into(),
-            interfaces: BTreeSet::from(["eth0".to_string()]),
+            interfaces: BTreeSet::from(["eth0".to_string()]).into(),
         }
     }
 

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferrolb_crds::{
@@ -299,12 +300,14 @@ pub async fn apply(
 pub async fn writer(
     client: Client,
     node: String,
-    mut rx: watch::Receiver<NodeAnnouncementSpec>,
+    mut rx: watch::Receiver<Arc<NodeAnnouncementSpec>>,
     metrics: Metrics,
 ) {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut node_uid: Option<String> = None;
-    let mut written: Option<NodeAnnouncementSpec> = None;
+    // Shares the channel's report: this node's report is kept twice (the decider's and
+    // this, narrowed), not once per copy made on the way.
+    let mut written: Option<Arc<NodeAnnouncementSpec>> = None;
     let mut pause = Duration::from_secs(1);
     loop {
         let want = rx.borrow_and_update().clone();

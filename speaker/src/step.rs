@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use ferrolb_crds::NodeAnnouncementSpec;
 
-use crate::core::{self, Table, World};
+use crate::core::{self, Interfaces, Table, World};
 use crate::liveness::{AliveView, NotServing, PeerAddr};
 use crate::scope::Scope;
 use crate::status;
@@ -76,7 +76,7 @@ pub struct Actions {
     /// Whether we are ready to serve (published in our heartbeats).
     pub ready: bool,
     /// The new set of IPs to answer for, when it changed.
-    pub announce: Option<BTreeMap<IpAddr, BTreeSet<String>>>,
+    pub announce: Option<BTreeMap<IpAddr, Interfaces>>,
     /// Gained IPs that no node announced in the previous table (a new Service, an IP
     /// that had no eligible node): probed for before they are announced.
     pub fresh: BTreeSet<IpAddr>,
@@ -105,7 +105,7 @@ pub struct Decider {
     incarnation: u64,
     warmup: Duration,
     warm_at: Option<Instant>,
-    announced: BTreeMap<IpAddr, BTreeSet<String>>,
+    announced: BTreeMap<IpAddr, Interfaces>,
     last_alive: BTreeSet<String>,
     reported: Option<NodeAnnouncementSpec>,
     /// The known peers outside our scope at the last decision.
@@ -134,8 +134,14 @@ impl Decider {
         }
     }
 
+    /// This node's report as last decided (before the shell narrows it to the interfaces
+    /// that answer); `None` before the first decision.
+    pub fn reported(&self) -> Option<&NodeAnnouncementSpec> {
+        self.reported.as_ref()
+    }
+
     /// What this node answers for now.
-    pub fn announced(&self) -> &BTreeMap<IpAddr, BTreeSet<String>> {
+    pub fn announced(&self) -> &BTreeMap<IpAddr, Interfaces> {
         &self.announced
     }
 

@@ -431,8 +431,17 @@ pub fn lb_service(s: &K8sService) -> Option<LbService> {
 pub struct Endpoints {
     /// At least one endpoint is serving (with or without a node name).
     pub serving: bool,
+    /// The nodes of the serving endpoints, sorted, each once, separated by spaces (a node
+    /// name is a DNS subdomain: it has none). One allocation per slice rather than one
+    /// per node: every speaker keeps every slice of the cluster (docs/architecture.md#memory).
+    nodes: Box<str>,
+}
+
+impl Endpoints {
     /// The nodes of the serving endpoints, sorted, each once.
-    pub nodes: Box<[String]>,
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.nodes.split(' ').filter(|n| !n.is_empty())
+    }
 }
 
 /// The serving endpoints of `slice`. Per the EndpointSlice API, an unset `serving` means
@@ -452,7 +461,7 @@ pub fn endpoints(slice: &EndpointSlice) -> Endpoints {
     }
     Endpoints {
         serving,
-        nodes: nodes.into_iter().map(str::to_owned).collect(),
+        nodes: nodes.into_iter().collect::<Vec<_>>().join(" ").into(),
     }
 }
 
@@ -509,7 +518,7 @@ impl LbService {
         let mut has_serving_endpoints = false;
         for e in slices {
             has_serving_endpoints |= e.serving;
-            serving_nodes.extend(e.nodes.iter().cloned());
+            serving_nodes.extend(e.nodes().map(str::to_owned));
         }
         Some(core::Service {
             key: self.key.clone(),
@@ -896,11 +905,8 @@ mod tests {
         ];
         let kept: Vec<SliceSummary> = slices.iter().filter_map(slice_summary).collect();
         assert_eq!(kept[0].service, "ns/web");
-        assert_eq!(
-            *kept[0].endpoints.nodes,
-            ["n1".to_string(), "n3".to_string()]
-        );
-        assert!(!kept[1].endpoints.serving && kept[1].endpoints.nodes.is_empty());
+        assert_eq!(kept[0].endpoints.nodes().collect::<Vec<_>>(), ["n1", "n3"]);
+        assert!(!kept[1].endpoints.serving && kept[1].endpoints.nodes().next().is_none());
         let eps = || kept.iter().map(|k| &k.endpoints);
         let class = "ferrolb.io/ferrolb";
         let mut other = lb_service(&["203.0.113.1"], false);

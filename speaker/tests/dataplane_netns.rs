@@ -13,9 +13,7 @@
 //! Needs root, iproute2 and ping (iputils-ping); without them the tests fail saying so.
 //! Only the documentation ranges of docs/design/lab-addresses.md are used; the root namespace is never touched.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
-use std::net::IpAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
@@ -351,14 +349,14 @@ fn counter(c: &serde_json::Value, path: &[&str]) -> u64 {
 // ---------------------------------------------------------------- the responder child
 
 /// `203.0.113.10=eth0;2001:db8:200::10=eth0,eth1` → IP → interfaces.
-fn parse_spec(spec: &str) -> BTreeMap<IpAddr, BTreeSet<String>> {
+fn parse_spec(spec: &str) -> ferrolb_speaker::dataplane::Announcements {
     spec.split(';')
         .filter(|s| !s.trim().is_empty())
         .map(|item| {
             let (ip, ifaces) = item.split_once('=').expect("ip=iface[,iface]");
             (
                 ip.trim().parse().expect("IP"),
-                ifaces.split(',').map(|s| s.trim().to_string()).collect(),
+                std::sync::Arc::new(ifaces.split(',').map(|s| s.trim().to_string()).collect()),
             )
         })
         .collect()

@@ -43,8 +43,8 @@ pub struct ExtPool {
 #[derive(Debug, Default)]
 pub struct External {
     pools: Vec<ExtPool>,
-    by_ip: HashMap<IpAddr, BTreeSet<ServiceKey>>,
-    lb_held: HashMap<IpAddr, BTreeSet<ServiceKey>>,
+    by_ip: HashMap<IpAddr, Vec<ServiceKey>>,
+    lb_held: HashMap<IpAddr, Vec<ServiceKey>>,
 }
 
 /// `spec.externalIPs` of a Service, parsed.

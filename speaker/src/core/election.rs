@@ -24,11 +24,12 @@
 //! Service, or the Service has no serving endpoint) independently of nodes; such pairs are
 //! reported with their own reason and neither join a group nor constrain its candidates.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::model::{Advertisement, EXCLUDE_LB_LABEL, Node, Pool, Service, Speaker, World};
-use super::table::{Decision, Exclusions, NodeExclusion, NotAnnouncedReason, Table};
+use super::table::{Decision, Exclusions, Interfaces, NodeExclusion, NotAnnouncedReason, Table};
 
 /// The fixed score of `node` for an IP; the lowest score (then the lowest name) wins.
 ///
@@ -165,6 +166,7 @@ pub fn desired(world: &World) -> Table {
 
     let mut table = Table::default();
     let mut views = Views::default();
+    let mut interner = Interner::default();
     let mut ip_pools: HashMap<IpAddr, Vec<usize>> = HashMap::new();
     let mut pairs: Vec<Pair<'_>> = Vec::new();
     // IPs with no active pair get the reason of the pair that got furthest (ties: lowest key).
@@ -203,7 +205,7 @@ pub fn desired(world: &World) -> Table {
     }
 
     for group in groups(&pairs) {
-        let decisions = elect(&ctx, &views, &pairs, &group);
+        let decisions = elect(&ctx, &views, &pairs, &group, &mut interner);
         for &p in &group {
             let pair = &pairs[p];
             let d = decisions[&pair.ip].clone();
@@ -354,12 +356,28 @@ fn groups(pairs: &[Pair<'_>]) -> Vec<Vec<usize>> {
     by_root
 }
 
+/// One allocation per distinct interface set of a table ([`Interfaces`]).
+#[derive(Default)]
+struct Interner(HashSet<Interfaces>);
+
+impl Interner {
+    fn get(&mut self, set: BTreeSet<String>) -> Interfaces {
+        if let Some(shared) = self.0.get(&set) {
+            return shared.clone();
+        }
+        let shared = Arc::new(set);
+        self.0.insert(shared.clone());
+        shared
+    }
+}
+
 /// Elects the group's node and returns one decision per IP of the group.
 fn elect(
     ctx: &Ctx<'_>,
     views: &Views,
     pairs: &[Pair<'_>],
     group: &[usize],
+    interner: &mut Interner,
 ) -> BTreeMap<IpAddr, Decision> {
     let key_ip = group
         .iter()
@@ -396,20 +414,23 @@ fn elect(
     match winner {
         Some(n) => {
             let speaker = ctx.nodes[n].speaker.expect("eligible nodes run a speaker");
+            let mut allowed: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
             for &p in group {
                 let pair = &pairs[p];
-                let allowed = views.sets[pair.view]
-                    .iter()
-                    .filter(|&&a| ctx.adv_selects_node[a][n])
-                    .flat_map(|&a| ctx.advs[a].allowed_interfaces(&speaker.interfaces))
-                    .cloned();
-                let entry = out.entry(pair.ip).or_insert_with(|| Decision::Announce {
+                allowed.entry(pair.ip).or_default().extend(
+                    views.sets[pair.view]
+                        .iter()
+                        .filter(|&&a| ctx.adv_selects_node[a][n])
+                        .flat_map(|&a| ctx.advs[a].allowed_interfaces(&speaker.interfaces))
+                        .cloned(),
+                );
+            }
+            for (ip, set) in allowed {
+                let decision = Decision::Announce {
                     node: ctx.nodes[n].name.to_owned(),
-                    interfaces: BTreeSet::new(),
-                });
-                if let Decision::Announce { interfaces, .. } = entry {
-                    interfaces.extend(allowed);
-                }
+                    interfaces: interner.get(set),
+                };
+                out.insert(ip, decision);
             }
         }
         None => {

@@ -396,7 +396,7 @@ fn check_against_oracle(w: &World, t: &Table) -> Result<(), TestCaseError> {
                         got,
                         &Decision::Announce {
                             node: n.clone(),
-                            interfaces: want
+                            interfaces: want.into()
                         }
                     );
                 }

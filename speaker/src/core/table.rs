@@ -11,6 +11,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
+
+/// The interfaces an IP is announced on. Shared: a table holds the same few sets for
+/// thousands of IPs, once by IP and once by Service, and the decider and the data plane
+/// keep them too; a set of its own per IP and copy would cost about 300 bytes each
+/// (docs/architecture.md#memory). `desired` gives equal sets one allocation.
+pub type Interfaces = Arc<BTreeSet<String>>;
 
 /// What should happen to one IP (or one Service's view of it).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,7 +27,7 @@ pub enum Decision {
         /// The elected node.
         node: String,
         /// Interfaces the elected node answers on (never empty).
-        interfaces: BTreeSet<String>,
+        interfaces: Interfaces,
     },
     /// No node answers; the reason is shown on the Service.
     NotAnnounced {
@@ -293,7 +300,7 @@ impl Table {
 }
 
 /// What `node` must answer for (IP → interfaces): the only thing its data plane consumes.
-pub fn local_announcements(table: &Table, node: &str) -> BTreeMap<IpAddr, BTreeSet<String>> {
+pub fn local_announcements(table: &Table, node: &str) -> BTreeMap<IpAddr, Interfaces> {
     table
         .ips
         .iter()
@@ -325,7 +332,7 @@ mod tests {
             (
                 Decision::Announce {
                     node: "n1".into(),
-                    interfaces: set(&["eth0", "eth1"]),
+                    interfaces: set(&["eth0", "eth1"]).into(),
                 },
                 "Announced",
                 "announced by node n1 on eth0, eth1",
@@ -415,14 +422,14 @@ mod tests {
             ip("203.0.113.1"),
             Decision::Announce {
                 node: "n1".into(),
-                interfaces: set(&["eth0"]),
+                interfaces: set(&["eth0"]).into(),
             },
         );
         t.ips.insert(
             ip("203.0.113.2"),
             Decision::Announce {
                 node: "n2".into(),
-                interfaces: set(&["eth1"]),
+                interfaces: set(&["eth1"]).into(),
             },
         );
         t.ips.insert(
@@ -433,7 +440,7 @@ mod tests {
         );
         assert_eq!(
             local_announcements(&t, "n1"),
-            BTreeMap::from([(ip("203.0.113.1"), set(&["eth0"]))])
+            BTreeMap::from([(ip("203.0.113.1"), set(&["eth0"]).into())])
         );
         assert_eq!(t.announcer(ip("203.0.113.2")), Some("n2"));
         assert_eq!(t.announcer(ip("203.0.113.3")), None);

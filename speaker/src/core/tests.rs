@@ -92,7 +92,7 @@ fn one_node_world() -> World {
 fn announce(node: &str, ifaces: &[&str]) -> Decision {
     Decision::Announce {
         node: node.into(),
-        interfaces: set(ifaces),
+        interfaces: set(ifaces).into(),
     }
 }
 
@@ -442,6 +442,36 @@ fn a_node_failing_the_health_check_loses_the_ip_to_a_healthy_node() {
         Some(first.as_str()),
         "back once healthy"
     );
+}
+
+/// The table holds one interface set per distinct set, not one per IP and view: a
+/// speaker announcing thousands of IPs keeps its table, its decider's copy and the data
+/// plane's in a few allocations (docs/architecture.md#memory).
+#[test]
+fn equal_interface_sets_share_one_allocation() {
+    let mut w = one_node_world();
+    for i in 2..40 {
+        w.apply_service(mk_svc(&format!("ns/s{i}"), &[&format!("203.0.113.{i}")]));
+    }
+    w.apply_service(mk_svc("ns/v6", &["2001:db8::7"]));
+    let t = desired(&w);
+    let sets: Vec<&Interfaces> = t
+        .ips()
+        .values()
+        .chain(t.services().values().flat_map(|by_ip| by_ip.values()))
+        .map(|d| match d {
+            Decision::Announce { interfaces, .. } => interfaces,
+            other => panic!("not announced: {other}"),
+        })
+        .collect();
+    assert_eq!(sets.len(), 2 * 40);
+    assert_eq!(**sets[0], set(&["eth0", "eth1"]));
+    assert!(
+        sets.iter().all(|s| std::sync::Arc::ptr_eq(s, sets[0])),
+        "every IP, by IP and by Service, shares the one set"
+    );
+    let local = local_announcements(&t, "a");
+    assert!(local.values().all(|s| std::sync::Arc::ptr_eq(s, sets[0])));
 }
 
 #[test]

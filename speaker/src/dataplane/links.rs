@@ -16,6 +16,7 @@
 //! subnet holds it ([`narrow_to_subnets`]) and re-announces when a link comes back up.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::net::IpAddr;
@@ -33,6 +34,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::Announcements;
+use crate::core::Interfaces;
 use crate::wire::MacAddr;
 
 /// Interface names the caller may exclude by default: container, overlay and tunnel
@@ -333,22 +335,41 @@ pub fn on_link_interfaces(
     allowed: &BTreeSet<String>,
     links: &Links,
 ) -> BTreeSet<String> {
+    match on_link_only(ip, allowed, links) {
+        Some(only) => BTreeSet::from([only.clone()]),
+        None => allowed.clone(),
+    }
+}
+
+/// The interface [`on_link_interfaces`] narrows `allowed` to, if it narrows it.
+fn on_link_only<'a>(ip: IpAddr, allowed: &'a BTreeSet<String>, links: &Links) -> Option<&'a String> {
     let mut on_link = allowed.iter().filter(|name| {
         links
             .get(*name)
             .is_some_and(|l| l.up && l.subnets.iter().any(|net| net.contains(&ip)))
     });
     match (on_link.next(), on_link.next()) {
-        (Some(only), None) => BTreeSet::from([only.clone()]),
-        _ => allowed.clone(),
+        (Some(only), None) if allowed.len() > 1 => Some(only),
+        _ => None,
     }
 }
 
-/// [`on_link_interfaces`] for every announced IP.
+/// [`on_link_interfaces`] for every announced IP. The narrowed sets are shared like the
+/// table's ([`Interfaces`]): one per interface, not one per IP.
 pub fn narrow_to_subnets(desired: &Announcements, links: &Links) -> Announcements {
+    let mut single: BTreeMap<&str, Interfaces> = BTreeMap::new();
     desired
         .iter()
-        .map(|(ip, allowed)| (*ip, on_link_interfaces(*ip, allowed, links)))
+        .map(|(ip, allowed)| {
+            let narrowed = match on_link_only(*ip, allowed, links) {
+                Some(only) => single
+                    .entry(only)
+                    .or_insert_with(|| Arc::new(BTreeSet::from([only.clone()])))
+                    .clone(),
+                None => allowed.clone(),
+            };
+            (*ip, narrowed)
+        })
         .collect()
 }
 
@@ -944,17 +965,21 @@ mod tests {
             );
         }
         let desired = Announcements::from([
-            ("198.51.100.200".parse().unwrap(), names(&["eth0", "eth1"])),
-            ("203.0.113.10".parse().unwrap(), names(&["eth0", "eth4"])),
+            ("198.51.100.200".parse().unwrap(), Arc::new(names(&["eth0", "eth1"]))),
+            ("198.51.100.201".parse().unwrap(), Arc::new(names(&["eth0", "eth1"]))),
+            ("203.0.113.10".parse().unwrap(), Arc::new(names(&["eth0", "eth4"]))),
         ]);
         let narrowed = narrow_to_subnets(&desired, &links);
-        assert_eq!(
-            narrowed[&"198.51.100.200".parse::<IpAddr>().unwrap()],
-            names(&["eth0"])
+        let at = |ip: &str| &narrowed[&ip.parse::<IpAddr>().unwrap()];
+        assert_eq!(*at("198.51.100.200"), Arc::new(names(&["eth0"])));
+        assert!(
+            Arc::ptr_eq(at("198.51.100.200"), at("198.51.100.201")),
+            "IPs narrowed to one interface share its set"
         );
-        assert_eq!(
-            narrowed[&"203.0.113.10".parse::<IpAddr>().unwrap()],
-            names(&["eth0", "eth4"])
+        assert_eq!(*at("203.0.113.10"), Arc::new(names(&["eth0", "eth4"])));
+        assert!(
+            Arc::ptr_eq(at("203.0.113.10"), &desired[&"203.0.113.10".parse().unwrap()]),
+            "a set not narrowed is the table's"
         );
     }
 }

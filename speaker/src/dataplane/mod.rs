@@ -46,6 +46,7 @@ pub use responder::{AnnounceSet, DropReason, decide_arp, decide_ndp};
 pub use schedule::AnnounceSchedule;
 pub use socket::Family;
 
+use crate::core::Interfaces;
 use crate::wire::MacAddr;
 use crate::wire::arp::{ArpOp, ArpRepr};
 use crate::wire::ndp::{NeighborAdvertRepr, NeighborSolicitRepr, solicited_node_multicast};
@@ -73,7 +74,7 @@ pub fn can_answer(links: &Links) -> Result<(), String> {
 /// The speaker's desired announcements: each IP and the interfaces the election allows
 /// for it on this node (the data plane answers on the one whose subnet holds the IP when
 /// exactly one does: [`narrow_to_subnets`]).
-pub type Announcements = BTreeMap<IpAddr, BTreeSet<String>>;
+pub type Announcements = BTreeMap<IpAddr, Interfaces>;
 
 /// Tunables of the data plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -613,7 +614,7 @@ pub fn plan_workers(
     let mut wanted: BTreeMap<(String, Family), BTreeSet<IpAddr>> = BTreeMap::new();
     for (ip, ifaces) in desired {
         let family = if ip.is_ipv4() { Family::V4 } else { Family::V6 };
-        for iface in ifaces {
+        for iface in ifaces.iter() {
             if links.get(iface).is_some_and(|l| l.up) {
                 wanted
                     .entry((iface.clone(), family))
@@ -977,8 +978,8 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn ifaces(names: &[&str]) -> BTreeSet<String> {
-        names.iter().map(|s| s.to_string()).collect()
+    fn ifaces(names: &[&str]) -> Interfaces {
+        Arc::new(names.iter().map(|s| s.to_string()).collect())
     }
 
     #[test]

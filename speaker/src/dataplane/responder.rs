@@ -9,11 +9,12 @@
 //! Like MetalLB's responders every unanswered packet has a reason, which keeps the rules
 //! table-testable and the drop counters meaningful.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use pnet_packet::ethernet::EthernetPacket;
 
+use crate::core::Interfaces;
 use crate::wire::arp::{ArpOp, ArpRepr};
 use crate::wire::ndp::{NeighborAdvertRepr, NeighborSolicitRepr};
 use crate::wire::{ETHERTYPE_ARP, MacAddr, WireError};
@@ -22,7 +23,7 @@ use crate::wire::{ETHERTYPE_ARP, MacAddr, WireError};
 /// announced on by this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AnnounceSet {
-    map: BTreeMap<IpAddr, BTreeSet<String>>,
+    map: BTreeMap<IpAddr, Interfaces>,
 }
 
 /// Answer of [`AnnounceSet::lookup`].
@@ -38,7 +39,7 @@ pub enum Announced {
 
 impl AnnounceSet {
     /// Wraps the speaker's desired map (IP → interfaces); empty interface sets are ignored.
-    pub fn new(mut map: BTreeMap<IpAddr, BTreeSet<String>>) -> Self {
+    pub fn new(mut map: BTreeMap<IpAddr, Interfaces>) -> Self {
         map.retain(|_, ifaces| !ifaces.is_empty());
         AnnounceSet { map }
     }
@@ -53,7 +54,7 @@ impl AnnounceSet {
     }
 
     /// The underlying map.
-    pub fn as_map(&self) -> &BTreeMap<IpAddr, BTreeSet<String>> {
+    pub fn as_map(&self) -> &BTreeMap<IpAddr, Interfaces> {
         &self.map
     }
 
@@ -250,6 +251,7 @@ pub fn decide_ndp(
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::sync::Arc;
 
     use super::*;
     use crate::wire::ETHERTYPE_IPV6;
@@ -268,7 +270,9 @@ mod tests {
     const UNKNOWN6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 0x99);
 
     fn mk_set() -> AnnounceSet {
-        let ifaces = |names: &[&str]| names.iter().map(|s| s.to_string()).collect();
+        let ifaces = |names: &[&str]| -> Interfaces {
+            Arc::new(names.iter().map(|s| s.to_string()).collect())
+        };
         AnnounceSet::new(BTreeMap::from([
             (IpAddr::V4(VIP4), ifaces(&["eth0", "eth1"])),
             (IpAddr::V4(ELSEWHERE4), ifaces(&["eth1"])),
@@ -559,7 +563,7 @@ mod tests {
             assert_eq!(r.index(), i);
             assert_eq!(r.as_str(), DropReason::LABELS[i]);
         }
-        let unique: BTreeSet<_> = DropReason::LABELS.iter().collect();
+        let unique: std::collections::BTreeSet<_> = DropReason::LABELS.iter().collect();
         assert_eq!(unique.len(), DropReason::LABELS.len());
     }
 
