@@ -338,7 +338,11 @@ mod tests {
         assert_eq!(reindex(&mut m, &"s1", &[], &[a, b]), vec![a, b]);
         assert_eq!(reindex(&mut m, &"s2", &[], &[a]), vec![a]);
         assert_eq!(reindex(&mut m, &"s0", &[], &[a]), vec![a]);
-        assert_eq!(m[&a], ["s0", "s1", "s2"], "sorted, whatever the order of arrival");
+        assert_eq!(
+            m[&a],
+            ["s0", "s1", "s2"],
+            "sorted, whatever the order of arrival"
+        );
         assert_eq!(reindex(&mut m, &"s0", &[a], &[]), vec![a]);
         assert_eq!(reindex(&mut m, &"s1", &[a, b], &[a]), vec![b]);
         assert_eq!(m.get(&b), None, "emptied entries go");

@@ -30,6 +30,6 @@ pub use model::{
     Advertisement, EXCLUDE_LB_LABEL, Node, Pool, PoolSelection, Service, Speaker, World,
 };
 pub use table::{
-    Decision, Excluded, Exclusions, Interfaces, NAMES_PER_REASON, NodeExclusion, NotAnnouncedReason, Table,
-    local_announcements,
+    Decision, Excluded, Exclusions, Interfaces, NAMES_PER_REASON, NodeExclusion,
+    NotAnnouncedReason, Table, local_announcements,
 };

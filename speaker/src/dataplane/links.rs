@@ -342,7 +342,11 @@ pub fn on_link_interfaces(
 }
 
 /// The interface [`on_link_interfaces`] narrows `allowed` to, if it narrows it.
-fn on_link_only<'a>(ip: IpAddr, allowed: &'a BTreeSet<String>, links: &Links) -> Option<&'a String> {
+fn on_link_only<'a>(
+    ip: IpAddr,
+    allowed: &'a BTreeSet<String>,
+    links: &Links,
+) -> Option<&'a String> {
     let mut on_link = allowed.iter().filter(|name| {
         links
             .get(*name)
@@ -965,9 +969,18 @@ mod tests {
             );
         }
         let desired = Announcements::from([
-            ("198.51.100.200".parse().unwrap(), Arc::new(names(&["eth0", "eth1"]))),
-            ("198.51.100.201".parse().unwrap(), Arc::new(names(&["eth0", "eth1"]))),
-            ("203.0.113.10".parse().unwrap(), Arc::new(names(&["eth0", "eth4"]))),
+            (
+                "198.51.100.200".parse().unwrap(),
+                Arc::new(names(&["eth0", "eth1"])),
+            ),
+            (
+                "198.51.100.201".parse().unwrap(),
+                Arc::new(names(&["eth0", "eth1"])),
+            ),
+            (
+                "203.0.113.10".parse().unwrap(),
+                Arc::new(names(&["eth0", "eth4"])),
+            ),
         ]);
         let narrowed = narrow_to_subnets(&desired, &links);
         let at = |ip: &str| &narrowed[&ip.parse::<IpAddr>().unwrap()];
@@ -978,7 +991,10 @@ mod tests {
         );
         assert_eq!(*at("203.0.113.10"), Arc::new(names(&["eth0", "eth4"])));
         assert!(
-            Arc::ptr_eq(at("203.0.113.10"), &desired[&"203.0.113.10".parse().unwrap()]),
+            Arc::ptr_eq(
+                at("203.0.113.10"),
+                &desired[&"203.0.113.10".parse().unwrap()]
+            ),
             "a set not narrowed is the table's"
         );
     }
