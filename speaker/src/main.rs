@@ -78,6 +78,12 @@ struct Args {
     /// starts at 1 s and doubles).
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1_000..))]
     conflict_retry_max_ms: u64,
+    /// Answering threads per interface and family, each pinned to a share of the CPUs and
+    /// fed the frames those CPUs receive (PACKET_FANOUT_CPU): an answer starts on the CPU
+    /// that took the request in, instead of waking another. 0: one per CPU the speaker may
+    /// run on, at most 8.
+    #[arg(long, env = "FERROLB_ANSWER_THREADS", default_value_t = 0)]
+    answer_threads: usize,
     /// For externalTrafficPolicy: Local Services, probe this node's kube-proxy health check
     /// (healthCheckNodePort) and make the node ineligible while it fails.
     #[arg(long, env = "FERROLB_KUBE_PROXY_HEALTH_CHECK", default_value_t = true, action = clap::ArgAction::Set)]
@@ -162,6 +168,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 probe: Duration::from_millis(args.conflict_probe_ms),
                 retry_max: Duration::from_millis(args.conflict_retry_max_ms),
                 ..ConflictConfig::default()
+            },
+            answer_threads: match args.answer_threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+                n => n,
             },
             ..Default::default()
         },

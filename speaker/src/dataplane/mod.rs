@@ -35,6 +35,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
+
+use nix::sched::CpuSet;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -60,7 +62,14 @@ use socket::{Membership, ResponderSocket};
 pub fn can_answer(links: &Links) -> Result<(), String> {
     let mut errors = Vec::new();
     for (name, link) in links.iter().filter(|(_, l)| l.up) {
-        match ResponderSocket::open(name, link, Family::V4, Duration::from_millis(10), false) {
+        match ResponderSocket::open(
+            name,
+            link,
+            Family::V4,
+            Duration::from_millis(10),
+            false,
+            None,
+        ) {
             Ok(_) => return Ok(()),
             Err(e) => errors.push(format!("{name}: {e}")),
         }
@@ -89,6 +98,13 @@ pub struct DataPlaneConfig {
     pub join_solicited_node_groups: bool,
     /// Address conflict detection (probes, defence, backoff).
     pub conflict: ConflictConfig,
+    /// Answering threads per (interface, family). With one, a frame wakes the responder
+    /// wherever the scheduler left it, often an idle CPU that must be woken first (tens of
+    /// microseconds in a VM). With `n` > 1 the responder opens `n` sockets in a
+    /// PACKET_FANOUT_CPU group and pins thread `i` to the CPUs numbered `i` modulo `n`: a
+    /// frame goes to the socket whose thread runs on the CPU that received it, and the
+    /// answer starts on that CPU (docs/architecture.md#data-plane).
+    pub answer_threads: usize,
 }
 
 impl Default for DataPlaneConfig {
@@ -98,6 +114,7 @@ impl Default for DataPlaneConfig {
             poll_interval: Duration::from_millis(50),
             join_solicited_node_groups: true,
             conflict: ConflictConfig::default(),
+            answer_threads: 1,
         }
     }
 }
@@ -236,15 +253,19 @@ struct Shared {
     answers: RwLock<Arc<AnnounceSet>>,
     fleet: RwLock<Arc<Fleet>>,
     withheld: tokio::sync::watch::Sender<Withheld>,
+    /// Random per data plane: makes its fanout group ids its own ([`fanout_group`]).
+    salt: u64,
 }
 
 impl Default for Shared {
     fn default() -> Self {
+        use std::hash::BuildHasher;
         Shared {
             counters: Counters::default(),
             answers: RwLock::default(),
             fleet: RwLock::default(),
             withheld: tokio::sync::watch::Sender::new(Withheld::default()),
+            salt: std::collections::hash_map::RandomState::new().hash_one(0u8),
         }
     }
 }
@@ -634,7 +655,8 @@ const RECV_BUFFER: usize = 4096;
 /// at most (besides the wait for a frame, `poll_interval`).
 const TICK: Duration = Duration::from_millis(10);
 
-fn run_worker(w: Arc<WorkerShared>, shared: Arc<Shared>) {
+fn run_worker(w: Arc<WorkerShared>, shared: Arc<Shared>, cpus: Option<CpuSet>) {
+    pin(cpus.as_ref(), &w);
     let idle = Duration::from_millis(20);
     let mut buf = vec![0u8; RECV_BUFFER];
     // Timers (announcement repeats, probes, retries) run on a 10 ms grid, not per frame:
@@ -676,9 +698,70 @@ fn run_worker(w: Arc<WorkerShared>, shared: Arc<Shared>) {
     debug!(iface = %w.name, proto = w.family.as_str(), "responder stopped");
 }
 
+/// An extra answering thread of a worker (`answer_threads` > 1): reads its own socket of
+/// the fanout group and answers like the worker's thread; the timers stay with that one.
+fn run_helper(
+    w: Arc<WorkerShared>,
+    shared: Arc<Shared>,
+    socket: ResponderSocket,
+    cpus: Option<CpuSet>,
+) {
+    pin(cpus.as_ref(), &w);
+    let mut buf = vec![0u8; RECV_BUFFER];
+    while !w.stop.load(Ordering::Acquire) {
+        match socket.recv(&mut buf) {
+            Ok(Some(frame)) => w.handle(frame, &shared),
+            Ok(None) => {}
+            Err(e) => {
+                bump(&shared.counters.proto(w.family).recv_errors);
+                debug!(iface = %w.name, error = %e, "receive failed");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Pins the calling thread to `cpus` (when given); a failure only costs latency.
+fn pin(cpus: Option<&CpuSet>, w: &WorkerShared) {
+    if let Some(cpus) = cpus
+        && let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), cpus)
+    {
+        debug!(iface = %w.name, error = %e, "cannot pin the responder thread");
+    }
+}
+
+/// The CPUs of fanout member `i` of `n`: those this process may run on whose number is
+/// `i` modulo `n` (PACKET_FANOUT_CPU hands member `i` the frames those CPUs receive).
+/// `None` (no pinning) with one member, or when the process may run on none of them.
+fn member_cpus(allowed: &CpuSet, i: usize, n: usize) -> Option<CpuSet> {
+    if n < 2 {
+        return None;
+    }
+    let mut set = CpuSet::new();
+    let mut any = false;
+    for cpu in (i..CpuSet::count()).step_by(n) {
+        if allowed.is_set(cpu).unwrap_or(false) {
+            set.set(cpu).ok()?;
+            any = true;
+        }
+    }
+    any.then_some(set)
+}
+
+/// The fanout group of a worker: unique to this start (`salt`, e.g. the incarnation), the
+/// interface and the family. A group is per network namespace and joined by id, so a
+/// restarted speaker (PID 1 again in its container) must not reuse its predecessor's.
+fn fanout_group(salt: u64, ifindex: u32, family: Family) -> u16 {
+    let mut h = salt ^ (u64::from(ifindex) << 1) ^ u64::from(family == Family::V6);
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 48) as u16
+}
+
 struct Worker {
     shared: Arc<WorkerShared>,
     thread: JoinHandle<()>,
+    /// The extra answering threads (`answer_threads` > 1).
+    helpers: Vec<JoinHandle<()>>,
     /// The link as last seen, to notice carrier flaps.
     link: LinkInfo,
 }
@@ -831,7 +914,10 @@ impl DataPlane {
             w.shared.stop.store(true, Ordering::Release);
         }
         let mut threads: Vec<JoinHandle<()>> = std::mem::take(&mut st.stopped);
-        threads.extend(workers.into_values().map(|w| w.thread));
+        for w in workers.into_values() {
+            threads.push(w.thread);
+            threads.extend(w.helpers);
+        }
         drop(st);
         for t in threads {
             let _ = t.join();
@@ -867,6 +953,7 @@ impl DataPlane {
                 self.shared.clear_conflicts(&key.0, key.1, None);
                 info!(iface = %key.0, proto = key.1.as_str(), "responder stopping");
                 st.stopped.push(w.thread);
+                st.stopped.extend(w.helpers);
             }
         }
         st.stopped.retain(|t| !t.is_finished());
@@ -893,13 +980,19 @@ impl DataPlane {
 
     fn start_worker(&self, key: &(String, Family), link: LinkInfo) -> Option<Worker> {
         let (name, family) = key;
-        let socket = match ResponderSocket::open(
-            name,
-            &link,
-            *family,
-            self.config.poll_interval,
-            self.config.conflict.enabled,
-        ) {
+        let n = self.config.answer_threads.max(1);
+        let group = (n > 1).then(|| fanout_group(self.shared.salt, link.index, *family));
+        let open = || {
+            ResponderSocket::open(
+                name,
+                &link,
+                *family,
+                self.config.poll_interval,
+                self.config.conflict.enabled,
+                group,
+            )
+        };
+        let socket = match open() {
             Ok(s) => s,
             Err(e) => {
                 bump(&self.shared.counters.open_errors);
@@ -923,16 +1016,38 @@ impl DataPlane {
             withheld: RwLock::default(),
             detect: self.config.conflict.enabled,
         });
-        let (thread_w, shared) = (Arc::clone(&w), Arc::clone(&self.shared));
+        let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok();
+        let cpus = |i: usize| allowed.as_ref().and_then(|a| member_cpus(a, i, n));
+        // The helpers join the group after the worker's socket (member 0), in order, so
+        // member i is helper i's socket; one that cannot open or start is left out (its
+        // CPUs' frames then go to another member, answered a little later).
+        let mut helpers = Vec::new();
+        for i in 1..n {
+            let started = open().and_then(|socket| {
+                let (hw, hs, hc) = (Arc::clone(&w), Arc::clone(&self.shared), cpus(i));
+                std::thread::Builder::new()
+                    .name(format!("flb-{}-{}-{i}", family.as_str(), name))
+                    .spawn(move || run_helper(hw, hs, socket, hc))
+            });
+            match started {
+                Ok(h) => helpers.push(h),
+                Err(e) => {
+                    bump(&self.shared.counters.open_errors);
+                    warn!(iface = %name, proto = family.as_str(), error = %e, "opening an extra answering socket failed");
+                }
+            }
+        }
+        let (thread_w, shared, main_cpus) = (Arc::clone(&w), Arc::clone(&self.shared), cpus(0));
         let thread = std::thread::Builder::new()
             .name(format!("flb-{}-{}", family.as_str(), name))
-            .spawn(move || run_worker(thread_w, shared));
+            .spawn(move || run_worker(thread_w, shared, main_cpus));
         match thread {
             Ok(thread) => {
-                info!(iface = %name, proto = family.as_str(), %mac, "responder started");
+                info!(iface = %name, proto = family.as_str(), %mac, threads = 1 + helpers.len(), "responder started");
                 Some(Worker {
                     shared: w,
                     thread,
+                    helpers,
                     link,
                 })
             }
@@ -980,6 +1095,55 @@ mod tests {
 
     fn ifaces(names: &[&str]) -> Interfaces {
         Arc::new(names.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn cpus(list: &[usize]) -> CpuSet {
+        let mut s = CpuSet::new();
+        for &c in list {
+            s.set(c).unwrap();
+        }
+        s
+    }
+
+    fn members(set: &CpuSet) -> Vec<usize> {
+        (0..CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap())
+            .collect()
+    }
+
+    /// PACKET_FANOUT_CPU hands member i the frames of the CPUs numbered i modulo n: member
+    /// i's thread must run on exactly those (that it may run on).
+    #[test]
+    fn fanout_members_run_on_the_cpus_whose_frames_they_get() {
+        let all = cpus(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        let got: Vec<Vec<usize>> = (0..4)
+            .map(|i| members(&member_cpus(&all, i, 4).unwrap()))
+            .collect();
+        assert_eq!(got, [vec![0, 4, 8], vec![1, 5, 9], vec![2, 6], vec![3, 7]]);
+        // One per CPU: each thread on its own CPU.
+        let two = cpus(&[0, 1]);
+        assert_eq!(members(&member_cpus(&two, 1, 2).unwrap()), [1]);
+        // A cpuset without a member's CPUs leaves that thread unpinned, not stuck.
+        assert!(member_cpus(&cpus(&[0, 2]), 1, 2).is_none());
+        assert_eq!(members(&member_cpus(&cpus(&[0, 2, 3]), 1, 2).unwrap()), [3]);
+        // One thread: never pinned (the scheduler places it, as before).
+        assert!(member_cpus(&all, 0, 1).is_none());
+    }
+
+    #[test]
+    fn fanout_groups_differ_by_start_interface_and_family() {
+        let g = fanout_group(7, 2, Family::V4);
+        assert_eq!(
+            g,
+            fanout_group(7, 2, Family::V4),
+            "the workers of one start agree"
+        );
+        let others = [
+            fanout_group(8, 2, Family::V4),
+            fanout_group(7, 3, Family::V4),
+            fanout_group(7, 2, Family::V6),
+        ];
+        assert!(others.iter().all(|o| *o != g), "{g} vs {others:?}");
     }
 
     #[test]

@@ -43,7 +43,7 @@ use std::net::Ipv6Addr;
 use std::os::fd::IntoRawFd;
 use std::time::Duration;
 
-use pnet_datalink::{Channel, ChannelType, NetworkInterface};
+use pnet_datalink::{Channel, ChannelType, FanoutOption, FanoutType, NetworkInterface};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::links::LinkInfo;
@@ -176,12 +176,16 @@ pub struct ResponderSocket {
 impl ResponderSocket {
     /// Opens the responder socket of `family` on interface `name`; a receive waits at most
     /// `read_timeout`; `advertisements`: NDP sockets also read Neighbor Advertisements.
+    /// `fanout`: joins the PACKET_FANOUT_CPU group of that id, whose frames each go to the
+    /// member numbered (the CPU that received it) modulo (the group's size), the members
+    /// numbered in the order they joined.
     pub fn open(
         name: &str,
         link: &LinkInfo,
         family: Family,
         read_timeout: Duration,
         advertisements: bool,
+        fanout: Option<u16>,
     ) -> io::Result<ResponderSocket> {
         let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))?;
         socket.attach_filter(&bpf::to_socket(&responder_filter(
@@ -208,6 +212,12 @@ impl ResponderSocket {
             channel_type: ChannelType::Layer3(ethertype),
             promiscuous: false,
             socket_fd: Some(socket.into_raw_fd()),
+            linux_fanout: fanout.map(|group_id| FanoutOption {
+                group_id,
+                fanout_type: FanoutType::CPU,
+                defrag: false,
+                rollover: false,
+            }),
             ..Default::default()
         };
         match pnet_datalink::channel(&iface, config)? {

@@ -197,6 +197,9 @@ pub struct ProbeConfig {
     pub linger: Duration,
     /// Pause between two requests.
     pub spacing: Duration,
+    /// Send from this CPU only (the client's kernel then takes the request through the
+    /// lab's links on it, as a NIC's receive queue would on a real node).
+    pub cpu: Option<usize>,
 }
 
 impl ProbeConfig {
@@ -206,6 +209,7 @@ impl ProbeConfig {
             timeout: Duration::from_millis(500),
             linger: Duration::from_millis(2),
             spacing: Duration::from_millis(5),
+            cpu: None,
         }
     }
 
@@ -215,6 +219,7 @@ impl ProbeConfig {
             timeout: Duration::from_millis(1000),
             linger: Duration::from_millis(300),
             spacing: Duration::from_millis(20),
+            cpu: None,
         }
     }
 }
@@ -263,6 +268,12 @@ pub fn probe(
     let targets = targets.to_vec();
     let iface = iface.to_string();
     netns::in_ns(ns, move || -> Result<Vec<ProbeResult>> {
+        if let Some(cpu) = cfg.cpu {
+            let mut set = nix::sched::CpuSet::new();
+            set.set(cpu)?;
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                .with_context(|| format!("pin the prober to CPU {cpu}"))?;
+        }
         let (mut tx, mut rx) = open(&iface, Duration::from_millis(1), false)?;
         let mut results = Vec::with_capacity(rounds * targets.len());
         for _ in 0..rounds {

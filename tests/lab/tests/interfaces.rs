@@ -386,3 +386,104 @@ fn the_interface_whose_subnet_holds_the_ip_answers_alone() {
     );
     wait_answerers(&lab, &ips, &vec![both; ips.len()], "subnets removed");
 }
+
+/// Each answering thread of the speaker: its name and the CPUs it may run on
+/// (`Cpus_allowed_list` of /proc/<pid>/task/<tid>/status), by thread name.
+fn answering_threads(pid: nix::unistd::Pid) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let dir = task.expect("task").path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let name = name.trim();
+        if !(name.starts_with("flb-arp-") || name.starts_with("flb-ndp-")) {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        out.insert(name.to_string(), cpus);
+    }
+    out
+}
+
+/// Issue 10 item 4's wake-up path: the speaker answers on `--answer-threads` threads per
+/// interface and family (by default one per CPU, up to 8), a PACKET_FANOUT_CPU group
+/// whose member `i` runs on the CPUs numbered `i` modulo their count. Requests sent from
+/// each CPU of the client (whose kernel carries them through the lab's links on that CPU)
+/// are all answered, each exactly once: a frame that reached two sockets of the group
+/// would be answered twice.
+#[test]
+fn requests_from_every_cpu_are_answered_once_by_the_thread_pinned_to_it() {
+    let (lab, ips) = one_node_dual_stack();
+    let cpus: Vec<usize> = {
+        let allowed =
+            nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("affinity");
+        (0..nix::sched::CpuSet::count())
+            .filter(|&c| allowed.is_set(c).unwrap_or(false))
+            .collect()
+    };
+    let n = cpus.len().min(8);
+    let pid = lab.speaker_pid(NODE).expect("node1's speaker runs");
+    let threads = answering_threads(pid);
+    let mut want = std::collections::BTreeMap::new();
+    for proto in ["arp", "ndp"] {
+        for i in 0..n {
+            let name = match i {
+                0 => format!("flb-{proto}-eth0"),
+                i => format!("flb-{proto}-eth0-{i}"),
+            };
+            // Member i's CPUs: those numbered i modulo n (all of them with one thread).
+            let mine: Vec<String> = cpus
+                .iter()
+                .filter(|&&c| n == 1 || c % n == i)
+                .map(|c| c.to_string())
+                .collect();
+            want.insert(name, mine);
+        }
+    }
+    let got: std::collections::BTreeMap<String, Vec<String>> = threads
+        .iter()
+        .map(|(name, list)| (name.clone(), expand_cpu_list(list)))
+        .collect();
+    assert_eq!(
+        got, want,
+        "answering threads and their CPUs ({cpus:?} allowed)"
+    );
+
+    for &cpu in &cpus {
+        let cfg = ferrolb_lab::ProbeConfig {
+            cpu: Some(cpu),
+            linger: Duration::from_millis(50),
+            ..ferrolb_lab::ProbeConfig::count()
+        };
+        let results = lab.probe(CLIENT, &ips, 25, cfg).expect("probe");
+        for r in &results {
+            assert_eq!(
+                r.replies.len(),
+                1,
+                "request for {} sent from CPU {cpu}: {} replies",
+                r.target,
+                r.replies.len()
+            );
+        }
+        println!("CPU {cpu}: {} requests, each answered once", results.len());
+    }
+}
+
+/// `0-2,5` → ["0", "1", "2", "5"].
+fn expand_cpu_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .filter(|p| !p.is_empty())
+        .flat_map(|p| match p.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().expect("cpu"), b.parse().expect("cpu"));
+                (a..=b).map(|c| c.to_string()).collect::<Vec<_>>()
+            }
+            None => vec![p.to_string()],
+        })
+        .collect()
+}
