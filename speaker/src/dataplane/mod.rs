@@ -1054,6 +1054,8 @@ impl DataPlane {
             Err(e) => {
                 bump(&self.shared.counters.open_errors);
                 warn!(iface = %name, error = %e, "spawning responder thread failed");
+                // The helpers started already: they stop within a poll interval.
+                w.stop.store(true, Ordering::Release);
                 None
             }
         }
