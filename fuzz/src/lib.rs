@@ -22,6 +22,12 @@ pub mod dataplane {
     pub use super::responder::{AnnounceSet, Announced, DropReason, decide_arp, decide_ndp};
 }
 
+/// `speaker::core`, reduced to the interface sets the responder reads.
+pub mod core {
+    /// The interfaces an IP is announced on, shared (`speaker::core::Interfaces`).
+    pub type Interfaces = std::sync::Arc<std::collections::BTreeSet<String>>;
+}
+
 /// `speaker::liveness`, reduced to the heartbeat codec.
 pub mod liveness {
     pub use super::codec;
@@ -73,7 +79,9 @@ pub const IFACES: [&str; 3] = ["eth0", "eth1", "eth2"];
 /// IPs this node announces and where: v4 and v6, on one, both or other interfaces. Real
 /// frames in the seed corpus ask for these.
 pub fn announce_set() -> dataplane::AnnounceSet {
-    let ifaces = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    let ifaces = |names: &[&str]| -> core::Interfaces {
+        std::sync::Arc::new(names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>())
+    };
     let ip = |s: &str| s.parse::<IpAddr>().expect("literal");
     dataplane::AnnounceSet::new(BTreeMap::from([
         (ip("198.51.100.11"), ifaces(&["eth0"])),
