@@ -35,9 +35,9 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use nix::sched::CpuSet;
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::{debug, info, trace, warn};
@@ -103,7 +103,7 @@ pub struct DataPlaneConfig {
     /// microseconds in a VM). With `n` > 1 the responder opens `n` sockets in a
     /// PACKET_FANOUT_CPU group and pins thread `i` to the CPUs numbered `i` modulo `n`: a
     /// frame goes to the socket whose thread runs on the CPU that received it, and the
-    /// answer starts on that CPU (docs/architecture.md#data-plane).
+    /// answer starts on that CPU (docs/architecture.md#reply-latency).
     pub answer_threads: usize,
 }
 
@@ -748,9 +748,13 @@ fn member_cpus(allowed: &CpuSet, i: usize, n: usize) -> Option<CpuSet> {
     any.then_some(set)
 }
 
-/// The fanout group of a worker: unique to this start (`salt`, e.g. the incarnation), the
+/// The fanout group of a worker: unique to this start (`salt`, random per data plane), the
 /// interface and the family. A group is per network namespace and joined by id, so a
 /// restarted speaker (PID 1 again in its container) must not reuse its predecessor's.
+/// (pnet cannot ask the kernel for a unique id, PACKET_FANOUT_FLAG_UNIQUEID: a join the
+/// kernel refuses moves on to the next id, [`FANOUT_TRIES`] times.)
+const FANOUT_TRIES: u16 = 8;
+
 fn fanout_group(salt: u64, ifindex: u32, family: Family) -> u16 {
     let mut h = salt ^ (u64::from(ifindex) << 1) ^ u64::from(family == Family::V6);
     h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -981,8 +985,7 @@ impl DataPlane {
     fn start_worker(&self, key: &(String, Family), link: LinkInfo) -> Option<Worker> {
         let (name, family) = key;
         let n = self.config.answer_threads.max(1);
-        let group = (n > 1).then(|| fanout_group(self.shared.salt, link.index, *family));
-        let open = || {
+        let open = |group: Option<u16>| {
             ResponderSocket::open(
                 name,
                 &link,
@@ -992,7 +995,22 @@ impl DataPlane {
                 group,
             )
         };
-        let socket = match open() {
+        // A fanout id another group of the namespace holds (another of our workers, or
+        // another program) refuses the join: try the next ids, then answer on one thread.
+        let first = fanout_group(self.shared.salt, link.index, *family);
+        let fanout = (n > 1)
+            .then(|| {
+                (0..FANOUT_TRIES).find_map(|k| {
+                    let id = first.wrapping_add(k);
+                    open(Some(id)).ok().map(|s| (s, id))
+                })
+            })
+            .flatten();
+        let (socket, group, n) = match fanout {
+            Some((s, id)) => (Ok(s), Some(id), n),
+            None => (open(None), None, 1),
+        };
+        let socket = match socket {
             Ok(s) => s,
             Err(e) => {
                 bump(&self.shared.counters.open_errors);
@@ -1000,6 +1018,9 @@ impl DataPlane {
                 return None;
             }
         };
+        if self.config.answer_threads > 1 && group.is_none() {
+            warn!(iface = %name, proto = family.as_str(), "no PACKET_FANOUT group could be joined; answering on one thread");
+        }
         let mac = link.mac;
         let w = Arc::new(WorkerShared {
             name: name.clone(),
@@ -1023,7 +1044,7 @@ impl DataPlane {
         // CPUs' frames then go to another member, answered a little later).
         let mut helpers = Vec::new();
         for i in 1..n {
-            let started = open().and_then(|socket| {
+            let started = open(group).and_then(|socket| {
                 let (hw, hs, hc) = (Arc::clone(&w), Arc::clone(&self.shared), cpus(i));
                 std::thread::Builder::new()
                     .name(format!("flb-{}-{}-{i}", family.as_str(), name))
