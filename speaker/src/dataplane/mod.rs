@@ -657,7 +657,6 @@ const TICK: Duration = Duration::from_millis(10);
 
 fn run_worker(w: Arc<WorkerShared>, shared: Arc<Shared>, cpus: Option<CpuSet>) {
     pin(cpus.as_ref(), &w);
-    let idle = Duration::from_millis(20);
     let mut buf = vec![0u8; RECV_BUFFER];
     // Timers (announcement repeats, probes, retries) run on a 10 ms grid, not per frame:
     // a storm of requests must not turn into a storm of timer scans.
@@ -685,17 +684,23 @@ fn run_worker(w: Arc<WorkerShared>, shared: Arc<Shared>, cpus: Option<CpuSet>) {
                 }
             }
         }
-        match w.socket.recv(&mut buf) {
-            Ok(Some(frame)) => w.handle(frame, &shared),
-            Ok(None) => {}
-            Err(e) => {
-                bump(&shared.counters.proto(w.family).recv_errors);
-                debug!(iface = %w.name, error = %e, "receive failed");
-                std::thread::sleep(idle);
-            }
-        }
+        receive(&w, &shared, &w.socket, &mut buf);
     }
     debug!(iface = %w.name, proto = w.family.as_str(), "responder stopped");
+}
+
+/// Waits (at most the poll interval) for one frame on `socket` and answers it; a failed
+/// read is counted and followed by a short pause, so a broken socket cannot spin.
+fn receive(w: &WorkerShared, shared: &Shared, socket: &ResponderSocket, buf: &mut [u8]) {
+    match socket.recv(buf) {
+        Ok(Some(frame)) => w.handle(frame, shared),
+        Ok(None) => {}
+        Err(e) => {
+            bump(&shared.counters.proto(w.family).recv_errors);
+            debug!(iface = %w.name, error = %e, "receive failed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// An extra answering thread of a worker (`answer_threads` > 1): reads its own socket of
@@ -709,15 +714,7 @@ fn run_helper(
     pin(cpus.as_ref(), &w);
     let mut buf = vec![0u8; RECV_BUFFER];
     while !w.stop.load(Ordering::Acquire) {
-        match socket.recv(&mut buf) {
-            Ok(Some(frame)) => w.handle(frame, &shared),
-            Ok(None) => {}
-            Err(e) => {
-                bump(&shared.counters.proto(w.family).recv_errors);
-                debug!(iface = %w.name, error = %e, "receive failed");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        receive(&w, &shared, &socket, &mut buf);
     }
 }
 

@@ -426,7 +426,9 @@ fn requests_from_every_cpu_are_answered_once_by_the_thread_pinned_to_it() {
             .filter(|&c| allowed.is_set(c).unwrap_or(false))
             .collect()
     };
-    let n = cpus.len().min(8);
+    // As the speaker counts them (`--answer-threads` 0): CPUs it may use, a CPU quota
+    // included, at most 8.
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let pid = lab.speaker_pid(NODE).expect("node1's speaker runs");
     let threads = answering_threads(pid);
     let mut want = std::collections::BTreeMap::new();
